@@ -1,0 +1,105 @@
+"""Audio in: files, raw PCM, resampling, and the offline padding (SPEC §3.1–3.2).
+
+This module knows nothing about the model; it turns whatever the user has into
+mono float32 samples at the model's rate, prepared exactly as the reference
+pipeline prepares them.
+"""
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from .errors import VoxnpError
+
+MODEL_RATE = 16000  # Hz; the model's sampling rate (params.json audio_encoding_args)
+
+
+def int16_round_trip(x: np.ndarray) -> np.ndarray:
+    """Quantise to 16-bit PCM and back, as writing/reading a PCM_16 WAV does.
+
+    soundfile (libsndfile) writes float -> int16 as round(x * 32767) with clipping
+    and reads int16 -> float as v / 32768; we go through it so the result is what
+    the reference pipeline gets, bit for bit.
+    """
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, x, MODEL_RATE, format="WAV", subtype="PCM_16")
+    buf.seek(0)
+    y, _ = sf.read(buf, dtype="float32")
+    return y
+
+
+def prepare(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Any float samples ([n] or [n, channels]) at any rate -> mono float32 at 16 kHz.
+
+    SPEC §3.1: channel mean, soxr "HQ" resampling when the rate differs, then a
+    16-bit round trip (skipped for 16 kHz int16 input, where it is the identity).
+    """
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim == 2:
+        x = x.mean(axis=1, dtype=np.float32)
+    if rate != MODEL_RATE:
+        import soxr
+
+        x = soxr.resample(x, rate, MODEL_RATE, quality="HQ").astype(np.float32)
+    return int16_round_trip(x)
+
+
+def load_audio(path: str | Path) -> np.ndarray:
+    """Read an audio file (WAV/FLAC/OGG/MP3 via soundfile, else ffmpeg) -> float32 16 kHz mono."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.exists():
+        raise VoxnpError(f"{path}: file not found")
+    if path.is_dir():
+        raise VoxnpError(f"{path}: is a directory, not an audio file")
+    try:
+        x, rate = sf.read(path, dtype="float32", always_2d=False)
+    except sf.LibsndfileError as e:
+        x, rate = _decode_with_ffmpeg(path, str(e))
+    except OSError as e:
+        raise VoxnpError(f"{path}: cannot read ({e.strerror or e})") from None
+    if x.size == 0:
+        raise VoxnpError(f"{path}: contains no audio samples")
+    if not np.all(np.isfinite(x)):
+        raise VoxnpError(f"{path}: contains NaN or infinite samples")
+    return prepare(x, rate)
+
+
+def _decode_with_ffmpeg(path: Path, why: str) -> tuple[np.ndarray, int]:
+    """Fallback for containers soundfile cannot read (m4a, mp4, ...)."""
+    if shutil.which("ffmpeg") is None:
+        raise VoxnpError(f"{path}: not a format soundfile can read ({why.strip()}); "
+                         "install ffmpeg to decode other containers")
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "s16le",
+           "-ac", "1", "-ar", str(MODEL_RATE), "-"]
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode != 0:
+        msg = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise VoxnpError(f"{path}: not an audio file ({msg[-1] if msg else 'ffmpeg failed'})")
+    return s16le_to_float(proc.stdout), MODEL_RATE
+
+
+def s16le_to_float(data: bytes) -> np.ndarray:
+    """Raw signed 16-bit little-endian PCM -> float32 in [-1, 1) (v / 32768)."""
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / np.float32(32768.0)
+
+
+def pad_offline(audio: np.ndarray, samples_per_token: int, left_tokens: int, right_tokens: int) -> np.ndarray:
+    """SPEC §3.2: left_tokens of silence, zeros up to a whole token, right_tokens more.
+
+    N = left + ceil(n / 1280) + right tokens of 1280 samples each.
+    """
+    n = len(audio)
+    n_audio_tokens = -(-n // samples_per_token)
+    total = (left_tokens + n_audio_tokens + right_tokens) * samples_per_token
+    out = np.zeros(total, dtype=np.float32)
+    start = left_tokens * samples_per_token
+    out[start:start + n] = audio
+    return out

@@ -1,0 +1,54 @@
+"""Chooses the implementation of the ops: the only module that knows there are several.
+
+- "numpy": `ops.py`, the plain definitions (slow, for reading and testing);
+- "numba": `kernels.py`, the fast CPU kernels (default);
+- "cupy":  `kernels_cupy.py`, NVIDIA GPUs (optional `cupy` package).
+"auto" is "numba". All share one interface: linear, rms_norm, gelu, silu, embed,
+rope, rope_frequencies, attention.
+"""
+from __future__ import annotations
+
+import os
+
+from .errors import VoxnpError
+
+BACKENDS = ("auto", "numba", "numpy", "cupy")
+
+
+def get_backend(name: str = "auto", threads: int | None = None):
+    name = (name or "auto").lower()
+    if name not in BACKENDS:
+        raise VoxnpError(f"unknown backend '{name}' (choose from {', '.join(BACKENDS)})")
+    set_threads(threads)
+    if name == "numpy":
+        from . import ops
+
+        return ops
+    if name == "cupy":
+        from . import kernels_cupy
+
+        return kernels_cupy
+    from . import kernels
+
+    return kernels
+
+
+def set_threads(threads: int | None) -> int:
+    """Threads for Numba kernels and BLAS: `threads`, else $VOXNP_THREADS, else all cores."""
+    if threads is None:
+        env = os.environ.get("VOXNP_THREADS")
+        threads = int(env) if env else (os.cpu_count() or 1)
+    threads = max(1, int(threads))
+    try:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:
+        pass
+    return threads

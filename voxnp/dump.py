@@ -1,0 +1,60 @@
+"""`voxnp dump`: every intermediate of one transcription, for other implementations' CI.
+
+The .npz holds float32 `mel` [n_mels, T], `enc` [T/2, enc_dim] (encoder output after
+its final norm, before grouping), `audio_embeds` [N, dim] (adapter output), int32
+`tokens` [n] (every id emitted, EOS included) and float32 `logits` [n, vocab]
+(row i produced tokens[i]).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import VoxnpError
+from .stream import Stream
+
+
+def dump_arrays(model, audio: np.ndarray, delay_ms=None, steps=None, teacher=None) -> dict:
+    s = Stream(model, delay_ms=delay_ms, interval=float("inf"), max_tokens=steps,
+               teacher=teacher, record=True)
+    s.feed(audio)
+    s.finish()
+    r = s.record
+    vocab = model.config.decoder.vocab_size
+    return {
+        "mel": np.concatenate(r.mel, axis=1).astype(np.float32),
+        "enc": np.concatenate(r.enc).astype(np.float32),
+        "audio_embeds": np.concatenate(r.audio_embeds).astype(np.float32),
+        "tokens": np.array([t.id for t in s.tokens], dtype=np.int32),
+        "logits": np.stack(r.logits).astype(np.float32) if r.logits else np.zeros((0, vocab), np.float32),
+    }
+
+
+def read_teacher(path: str | Path) -> np.ndarray:
+    path = Path(path)
+    try:
+        ids = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise VoxnpError(f"{path}: cannot read teacher tokens ({e})") from None
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise VoxnpError(f"{path}: teacher tokens must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+    return ids.astype(np.int64)
+
+
+def write_npz_atomic(path: str | Path, arrays: dict) -> None:
+    """Write to a temporary file beside `path`, then rename: never a partial file."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise VoxnpError(f"{path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

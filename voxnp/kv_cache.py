@@ -1,0 +1,45 @@
+"""The circular KV buffer: one per attention layer.
+
+Capacity is the layer's sliding window, so a stream of any length uses fixed
+memory. Position p lives in slot p % capacity; appending never reallocates or
+shifts, it overwrites the oldest slot. Keys are stored after RoPE, so wrapping
+never re-rotates anything.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class KVCache:
+    def __init__(self, capacity: int, n_kv_heads: int, head_dim: int, xp=np):
+        self.capacity = capacity
+        self.k = xp.zeros((n_kv_heads, capacity, head_dim), dtype=np.float32)  # [Hkv, W, hd]
+        self.v = xp.zeros((n_kv_heads, capacity, head_dim), dtype=np.float32)
+        self.length = 0                      # positions appended so far (logical)
+
+    def append(self, k, v) -> None:
+        """Store T new positions; k, v [T, Hkv, hd]. Only the last `capacity` matter."""
+        T = k.shape[0]
+        first = max(0, T - self.capacity)
+        slots = (self.length + np.arange(first, T)) % self.capacity
+        self.k[:, slots, :] = k[first:].transpose(1, 0, 2)
+        self.v[:, slots, :] = v[first:].transpose(1, 0, 2)
+        self.length += T
+
+    def n_valid(self) -> int:
+        return min(self.length, self.capacity)
+
+    def slot_positions(self) -> np.ndarray:
+        """Logical position held by each slot [capacity] (-1 for an empty slot)."""
+        slots = np.arange(self.capacity)
+        latest = self.length - 1 - ((self.length - 1 - slots) % self.capacity)
+        return np.where(slots < self.length, latest, -1)
+
+    def ordered(self):
+        """The cached positions oldest first: (k, v) [Hkv, S, hd] and positions [S]. Copies."""
+        positions = np.arange(self.length - self.n_valid(), self.length)
+        slots = positions % self.capacity
+        return self.k[:, slots, :], self.v[:, slots, :], positions
+
+    def reset(self) -> None:
+        self.length = 0

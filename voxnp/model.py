@@ -1,0 +1,84 @@
+"""A loaded model: config, memory-mapped weights, tokenizer and the chosen kernels.
+
+`load()` reads only params.json, tekken.json and the safetensors header, checks every
+tensor against the config, and builds zero-copy views; the 8.9 GB of weights are
+paged in by the kernels as they use them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backend import get_backend
+from .config import ModelConfig, load_config
+from .errors import VoxnpError
+from .ops import rope_frequencies
+from .tokenizer import Tokenizer, read_tekken
+from .weights import WEIGHTS_FILE, SafetensorsFile, Weights, load_weights
+
+DEFAULT_MODEL_DIR = "voxtral-model"
+MODEL_FILES = ("params.json", "tekken.json", WEIGHTS_FILE)
+
+
+def default_model_dir() -> Path:
+    """--model, else $VOXNP_MODEL, else ./voxtral-model, else the download location."""
+    env = os.environ.get("VOXNP_MODEL")
+    if env:
+        return Path(env)
+    local = Path(DEFAULT_MODEL_DIR)
+    if local.is_dir():
+        return local
+    from .download import download_dir
+
+    return download_dir()
+
+
+@dataclass
+class Model:
+    path: Path
+    config: ModelConfig
+    weights: Weights
+    tokenizer: Tokenizer
+    ops: object                   # the kernel module chosen by backend.get_backend
+    encoder_inv_freq: np.ndarray  # RoPE frequencies, fixed per model
+    decoder_inv_freq: np.ndarray
+    file: SafetensorsFile
+
+    def stream(self, **options):
+        """A streaming session (see `voxnp.stream.Stream` for the options)."""
+        from .stream import Stream
+
+        return Stream(self, **options)
+
+    def transcribe(self, audio, delay_ms: float | None = None, on_token=None) -> str:
+        """Text of a whole recording: a path, or float32 samples at 16 kHz."""
+        from .stream import transcribe
+
+        return transcribe(self, audio, delay_ms=delay_ms, on_token=on_token).text
+
+
+def load(model_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None) -> Model:
+    """Open a model directory (params.json, tekken.json, consolidated.safetensors)."""
+    path = Path(model_dir) if model_dir is not None else default_model_dir()
+    if not path.exists():
+        raise VoxnpError(f"{path}: model directory not found (run `voxnp download` or pass --model)")
+    if not path.is_dir():
+        raise VoxnpError(f"{path}: not a directory")
+    for name in MODEL_FILES:
+        if not (path / name).is_file():
+            raise VoxnpError(f"{path / name}: missing model file")
+    tekken = read_tekken(path / "tekken.json")
+    config = load_config(path, tekken)
+    st = SafetensorsFile(path / WEIGHTS_FILE)
+    weights = load_weights(st, config)
+    tokenizer = Tokenizer(tekken, config.decoder.vocab_size, path / "tekken.json")
+    ops = get_backend(backend, threads=threads)
+    return Model(
+        path=path, config=config, weights=weights, tokenizer=tokenizer, ops=ops,
+        encoder_inv_freq=rope_frequencies(config.encoder.head_dim, config.encoder.rope_theta),
+        decoder_inv_freq=rope_frequencies(config.decoder.head_dim, config.decoder.rope_theta),
+        file=st,
+    )

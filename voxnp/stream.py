@@ -1,0 +1,289 @@
+"""The streaming session (SPEC §8): feed audio, get tokens as they are decoded.
+
+One pipeline, run incrementally:
+  samples -> LogMel -> encoder (conv stem + layers, KV rings) -> adapter
+          -> one decoder step per audio embedding -> tokens -> text
+Offline transcription is this same session fed the whole file and finished, so a
+stream fed in any chunking gives the offline tokens.
+
+Decoder schedule (SPEC §7): the prompt is [BOS] + [STREAMING_PAD] * (32 + d).
+Positions 0..L-2 are prefilled with audio_embeds[p] + emb(prompt[p]); position L-1
+gives the first token; every later position p feeds audio_embeds[p] + emb(previous
+token). A token emitted at position p describes audio ending near
+(p + 1 - 32 - d) * 80 ms.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import BOS_ID, EOS_ID, STREAMING_PAD_ID
+from .decoder import decode, new_decoder_state
+from .encoder import adapt, encode, new_encoder_state
+from .mel import LogMel
+from .tokenizer import TextDecoder
+
+
+@dataclass
+class Token:
+    id: int
+    text: str                   # text this token completes ("" for control tokens)
+    time: float                 # seconds of the original audio at which it ends (SPEC §9)
+    position: int               # decoder position that produced it
+    alternatives: list = field(default_factory=list)  # [(text, probability)] best first
+
+
+@dataclass
+class Timings:
+    encoder_s: float = 0.0
+    prefill_s: float = 0.0
+    decoder_s: float = 0.0
+    decoder_steps: int = 0
+    audio_s: float = 0.0
+
+
+@dataclass
+class Record:
+    """Intermediate values kept for `voxnp dump` (only when asked: they grow)."""
+    mel: list = field(default_factory=list)
+    enc: list = field(default_factory=list)
+    audio_embeds: list = field(default_factory=list)
+    logits: list = field(default_factory=list)
+
+
+class Stream:
+    """A streaming transcription session.
+
+    feed(samples)  float32 mono 16 kHz, any length (0 and 1 sample included)
+    get()          token strings decoded since the last get()
+    flush()        push everything buffered through (pads with silence), keep going
+    finish()       end of audio: right padding, decode to the end
+    Options: delay_ms (80..2400, default from tekken.json), interval (seconds of new
+    audio between runs of the network, default 2.0; 0 = every feed), alt (cutoff c
+    of SPEC §10, None = off) and alt_count, max_tokens, teacher (ids fed as the
+    previous tokens instead of the argmax), record (keep intermediates for dumps).
+    """
+
+    def __init__(self, model, delay_ms: float | None = None, interval: float = 2.0,
+                 alt: float | None = None, alt_count: int = 3, max_tokens: int | None = None,
+                 teacher=None, record: bool = False, on_token=None):
+        cfg = model.config
+        self.model = model
+        self.cfg = cfg
+        self.delay = cfg.audio.delay_tokens(delay_ms)
+        self.prompt = [BOS_ID] + [STREAMING_PAD_ID] * (cfg.audio.n_left_pad_tokens + self.delay)
+        if interval is None or interval < 0:
+            raise ValueError(f"interval must be >= 0 seconds, got {interval}")
+        self.interval_samples = interval * cfg.audio.sampling_rate  # may be inf (only finish() runs)
+        self.alt = alt
+        self.alt_count = alt_count
+        self.max_tokens = max_tokens
+        self.teacher = None if teacher is None else [int(t) for t in teacher]
+        self.record = Record() if record else None
+        self.on_token = on_token
+        self.timings = Timings()
+        self.tokens: list[Token] = []            # every token emitted, in order
+        self._taken = 0                          # tokens already returned by get()
+        self._text = TextDecoder(model.tokenizer)
+        self._mel = LogMel(cfg.audio)
+        self._enc = new_encoder_state(cfg)
+        self._dec = new_decoder_state(cfg, model.weights.decoder, self.delay, model.ops)
+        self._embeds = np.zeros((0, cfg.decoder.dim), np.float32)  # audio embeds not yet decoded
+        self._pending: list[np.ndarray] = []     # samples fed since the network last ran
+        self._n_pending = 0
+        self._new_audio = 0                      # user samples since the network last ran
+        self._n_samples = 0                      # samples of the padded signal fed to LogMel
+        self._n_audio = 0                        # user samples fed
+        self._prev_token = None
+        self.done = False                        # decoding ended (EOS, max_tokens, teacher)
+        self.finished = False                    # finish() called: no more audio
+        self._push(np.zeros(cfg.audio.n_left_pad_tokens * cfg.audio.samples_per_token, np.float32))
+
+    # -- public API -------------------------------------------------------
+
+    def feed(self, samples) -> None:
+        x = np.asarray(samples)
+        if x.ndim != 1:
+            raise ValueError(f"feed() takes 1-D mono samples, got shape {x.shape}")
+        if x.dtype.kind != "f":
+            raise ValueError(f"feed() takes float samples in [-1, 1], got dtype {x.dtype}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("feed() got NaN or infinite samples")
+        if self.finished or len(x) == 0:
+            return
+        self._n_audio += len(x)
+        self._pending.append(x.astype(np.float32))
+        self._n_pending += len(x)
+        self._new_audio += len(x)
+        if self._new_audio >= self.interval_samples:
+            self._run()
+
+    def flush(self) -> None:
+        """Feed silence (to a whole token plus the right padding) and decode it all."""
+        if self.finished:
+            return
+        self._push(np.zeros(self._right_padding(), np.float32))
+        self._run()
+
+    def finish(self) -> None:
+        """End of audio: right padding (SPEC §3.2), the mel's end padding, decode to the end."""
+        if self.finished:
+            return
+        if not self.done or self.record is not None:
+            self._push(np.zeros(self._right_padding(), np.float32))
+            self._run(final=True)
+        tail = self._text.flush()
+        if tail and self.tokens:
+            self.tokens[-1].text += tail
+        self.finished = True
+
+    def get(self, with_tokens: bool = False) -> list:
+        """Token texts (or Token objects) emitted since the last call."""
+        new = self.tokens[self._taken:]
+        self._taken = len(self.tokens)
+        return list(new) if with_tokens else [t.text for t in new if t.text]
+
+    def __iter__(self):
+        return iter(self.get())
+
+    @property
+    def text(self) -> str:
+        return "".join(t.text for t in self.tokens)
+
+    @property
+    def audio_seconds(self) -> float:
+        return self._n_audio / self.cfg.audio.sampling_rate
+
+    # -- the pipeline -----------------------------------------------------
+
+    def _right_padding(self) -> int:
+        """Zeros to the next whole token, then delay + 1 + 10 tokens (SPEC §3.2)."""
+        spt = self.cfg.audio.samples_per_token
+        pending = self._n_samples + self._n_pending
+        to_token = -pending % spt
+        return to_token + self.cfg.audio.n_right_pad_tokens(self.delay) * spt
+
+    def _push(self, x: np.ndarray) -> None:
+        self._pending.append(x)
+        self._n_pending += len(x)
+
+    def _run(self, final: bool = False) -> None:
+        """Run the network on everything pending."""
+        samples = np.concatenate(self._pending) if self._pending else np.zeros(0, np.float32)
+        self._pending, self._n_pending, self._new_audio = [], 0, 0
+        self._n_samples += len(samples)
+        mel = self._mel.feed(samples)                                   # [128, k]
+        if final:
+            mel = np.concatenate([mel, self._mel.finish()], axis=1)
+        if mel.shape[1] == 0:
+            return
+        t0 = time.perf_counter()
+        m = self.model
+        enc = encode(mel.T, self._enc, m.weights.encoder, self.cfg, m.ops, m.encoder_inv_freq)  # [P, 1280]
+        embeds = adapt(enc, self._enc, m.weights.adapter, self.cfg, m.ops)                     # [N, 3072]
+        self.timings.encoder_s += time.perf_counter() - t0
+        if self.record is not None:
+            self.record.mel.append(mel)
+            self.record.enc.append(enc)
+            self.record.audio_embeds.append(embeds)
+        if not self.done:
+            self._embeds = np.concatenate([self._embeds, embeds])
+            self._decode_available()
+
+    def _decode_available(self) -> None:
+        """One decoder step per available audio embedding (the prompt first)."""
+        m, cfg = self.model, self.cfg
+        table = m.weights.decoder.tok_embeddings
+        L = len(self.prompt)
+        while not self.done and len(self._embeds):
+            pos = self._dec.n_positions
+            if pos == 0:
+                if len(self._embeds) < L:
+                    return
+                # SPEC §7.1: prefill positions 0..L-2 with the prompt (no logits needed)
+                t0 = time.perf_counter()
+                x = self._embeds[:L - 1] + m.ops.embed(table, self.prompt[:L - 1])   # [L-1, 3072]
+                decode(x, self._dec, m.weights.decoder, cfg, m.ops, m.decoder_inv_freq)
+                self._embeds = self._embeds[L - 1:]
+                self.timings.prefill_s += time.perf_counter() - t0
+                continue
+            prev = self.prompt[L - 1] if pos == L - 1 else self._fed_token()
+            t0 = time.perf_counter()
+            x = self._embeds[:1] + m.ops.embed(table, [prev])                        # [1, 3072]
+            logits = decode(x, self._dec, m.weights.decoder, cfg, m.ops, m.decoder_inv_freq)
+            self._embeds = self._embeds[1:]
+            self.timings.decoder_s += time.perf_counter() - t0
+            self.timings.decoder_steps += 1
+            self._emit(int(np.argmax(logits)), logits, pos)
+
+    def _fed_token(self) -> int:
+        """The previous token fed back: the argmax, or the teacher's id."""
+        if self.teacher is not None:
+            return self.teacher[len(self.tokens) - 1]
+        return self._prev_token
+
+    def _emit(self, token_id: int, logits: np.ndarray, pos: int) -> None:
+        ms = self.cfg.audio.ms_per_token
+        t = max(0.0, (pos + 1 - self.cfg.audio.n_left_pad_tokens - self.delay) * ms / 1000.0)
+        token = Token(id=token_id, text=self._text.push(token_id), time=t, position=pos)
+        if self.alt is not None:
+            token.alternatives = self._alternatives(logits)
+        if self.record is not None:
+            self.record.logits.append(np.asarray(logits, np.float32))
+        self.tokens.append(token)
+        self._prev_token = token_id
+        if self.on_token is not None:
+            self.on_token(token)
+        n = len(self.tokens)
+        if self.teacher is not None:
+            if n >= len(self.teacher):
+                self.done = True
+        elif token_id == EOS_ID:
+            self.done = True
+        if self.max_tokens is not None and n >= self.max_tokens:
+            self.done = True
+
+    def _alternatives(self, logits: np.ndarray) -> list:
+        """SPEC §10: candidates i with 1 - p_i / p_0 <= cutoff, best first."""
+        top = np.argsort(logits)[::-1][:self.alt_count + 1]
+        ratio = np.exp(logits[top] - logits[top[0]])        # p_i / p_0
+        tok = self.model.tokenizer
+        return [(tok.token_name(int(i)), float(r)) for i, r in zip(top, ratio) if 1.0 - r <= self.alt]
+
+
+@dataclass
+class Transcript:
+    text: str
+    tokens: list
+    timings: Timings
+    audio_seconds: float
+
+
+OFFLINE_CHUNK_S = 10.0  # a whole file is fed in chunks of this much audio (bounded memory)
+
+
+def transcribe(model, audio, delay_ms: float | None = None, on_token=None, **options) -> Transcript:
+    """Offline transcription: the streaming session, fed a whole recording and finished."""
+    if isinstance(audio, (str, Path)):
+        from .audio import load_audio
+
+        audio = load_audio(audio)
+    audio = np.asarray(audio, dtype=np.float32)
+    s = Stream(model, delay_ms=delay_ms, interval=OFFLINE_CHUNK_S, on_token=on_token, **options)
+    step = int(OFFLINE_CHUNK_S * model.config.audio.sampling_rate)
+    for i in range(0, len(audio), step):
+        s.feed(audio[i:i + step])
+        if s.done:
+            break
+    s.finish()
+    s.timings.audio_s = len(audio) / model.config.audio.sampling_rate
+    return Transcript(text=s.text, tokens=s.tokens, timings=s.timings, audio_seconds=s.timings.audio_s)
+
+
+def real_time_factor(t: Timings) -> float:
+    busy = t.encoder_s + t.prefill_s + t.decoder_s
+    return t.audio_s / busy if busy > 0 else math.inf

@@ -1,0 +1,74 @@
+"""Tekken token ids -> text (SPEC §9), with incremental UTF-8.
+
+Ids below `n_special` (1000) are control tokens and print nothing; id >= 1000 is the
+base64 `token_bytes` of vocab[id - 1000]. A character may be split across tokens, so
+`TextDecoder` holds back an incomplete UTF-8 sequence until its last byte arrives.
+"""
+from __future__ import annotations
+
+import base64
+import codecs
+import json
+from pathlib import Path
+
+from .errors import VoxnpError
+
+
+class Tokenizer:
+    def __init__(self, tekken: dict, vocab_size: int, path: Path | None = None):
+        where = path or "tekken.json"
+        try:
+            config = tekken["config"]
+            self.n_special = int(config.get("default_num_special_tokens", 1000))
+            entries = tekken["vocab"][:vocab_size - self.n_special]
+            self.vocab = [base64.b64decode(e["token_bytes"]) for e in entries]
+        except (KeyError, TypeError, ValueError) as e:
+            raise VoxnpError(f"{where}: not a Tekken vocabulary ({type(e).__name__}: {e})") from None
+        self.special_names = {int(s["rank"]): s["token_str"] for s in tekken.get("special_tokens", [])}
+        self.vocab_size = self.n_special + len(self.vocab)
+
+    @classmethod
+    def from_file(cls, path: Path, vocab_size: int) -> "Tokenizer":
+        return cls(read_tekken(path), vocab_size, path)
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id < self.n_special
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if token_id < self.n_special:
+            return b""
+        return self.vocab[token_id - self.n_special]
+
+    def token_name(self, token_id: int) -> str:
+        """A printable name: the text of a text token, `[NAME]` of a control token."""
+        if token_id < self.n_special:
+            return self.special_names.get(token_id, f"<special {token_id}>")
+        return self.token_bytes(token_id).decode("utf-8", errors="replace")
+
+    def decode(self, ids) -> str:
+        return b"".join(self.token_bytes(int(i)) for i in ids).decode("utf-8", errors="replace")
+
+
+class TextDecoder:
+    """Feeds token ids one at a time and returns the text that is complete so far."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        return self._utf8.decode(self.tokenizer.token_bytes(token_id))
+
+    def flush(self) -> str:
+        """End of text: whatever is held back is emitted (as U+FFFD if incomplete)."""
+        return self._utf8.decode(b"", final=True)
+
+
+def read_tekken(path: Path) -> dict:
+    if not path.is_file():
+        raise VoxnpError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise VoxnpError(f"{path}: not valid JSON ({e})") from None
