@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,11 +67,19 @@ class Stream:
     audio between runs of the network, default 2.0; 0 = every feed), alt (cutoff c
     of SPEC §10, None = off) and alt_count, max_tokens, teacher (ids fed as the
     previous tokens instead of the argmax), record (keep intermediates for dumps).
+
+    live=True is for endless input (stdin, microphone): the session keeps no token
+    history (memory stays flat for hours; take tokens with get() or on_token), and
+    the decoder restarts -- keeping the audio context -- when it emits EOS before
+    finish(), or when it makes no progress: only control tokens for `LIVE_IDLE_S`
+    seconds of audio.
     """
+
+    LIVE_IDLE_S = 30.0
 
     def __init__(self, model, delay_ms: float | None = None, interval: float = 2.0,
                  alt: float | None = None, alt_count: int = 3, max_tokens: int | None = None,
-                 teacher=None, record: bool = False, on_token=None):
+                 teacher=None, record: bool = False, on_token=None, live: bool = False):
         cfg = model.config
         self.model = model
         self.cfg = cfg
@@ -86,8 +95,14 @@ class Stream:
         self.record = Record() if record else None
         self.on_token = on_token
         self.timings = Timings()
-        self.tokens: list[Token] = []            # every token emitted, in order
-        self._taken = 0                          # tokens already returned by get()
+        self.live = live
+        self.tokens: list[Token] = []            # every token emitted (not kept when live)
+        self._queue: deque[Token] = deque()      # emitted, not yet taken by get()
+        self.n_tokens = 0                        # tokens emitted so far
+        self.restarts = 0                        # live decoder restarts
+        self._history: deque[np.ndarray] = deque(maxlen=len(self.prompt) - 1)  # last embeds decoded
+        self._first_embed = 0                    # audio-embed index of decoder position 0
+        self._idle_steps = 0                     # steps since the last text token
         self._text = TextDecoder(model.tokenizer)
         self._mel = LogMel(cfg.audio)
         self._enc = new_encoder_state(cfg)
@@ -101,6 +116,7 @@ class Stream:
         self._prev_token = None
         self.done = False                        # decoding ended (EOS, max_tokens, teacher)
         self.finished = False                    # finish() called: no more audio
+        self._finishing = False                  # inside finish(): EOS is final
         self._push(np.zeros(cfg.audio.n_left_pad_tokens * cfg.audio.samples_per_token, np.float32))
 
     # -- public API -------------------------------------------------------
@@ -133,6 +149,7 @@ class Stream:
         """End of audio: right padding (SPEC §3.2), the mel's end padding, decode to the end."""
         if self.finished:
             return
+        self._finishing = True
         if not self.done or self.record is not None:
             self._push(np.zeros(self._right_padding(), np.float32))
             self._run(final=True)
@@ -142,10 +159,10 @@ class Stream:
         self.finished = True
 
     def get(self, with_tokens: bool = False) -> list:
-        """Token texts (or Token objects) emitted since the last call."""
-        new = self.tokens[self._taken:]
-        self._taken = len(self.tokens)
-        return list(new) if with_tokens else [t.text for t in new if t.text]
+        """Token texts (or Token objects, with times and alternatives) emitted since the last call."""
+        new = list(self._queue)
+        self._queue.clear()
+        return new if with_tokens else [t.text for t in new if t.text]
 
     def __iter__(self):
         return iter(self.get())
@@ -208,6 +225,7 @@ class Stream:
                 t0 = time.perf_counter()
                 x = self._embeds[:L - 1] + m.ops.embed(table, self.prompt[:L - 1])   # [L-1, 3072]
                 decode(x, self._dec, m.weights.decoder, cfg, m.ops, m.decoder_inv_freq)
+                self._history.extend(self._embeds[:L - 1])
                 self._embeds = self._embeds[L - 1:]
                 self.timings.prefill_s += time.perf_counter() - t0
                 continue
@@ -215,6 +233,7 @@ class Stream:
             t0 = time.perf_counter()
             x = self._embeds[:1] + m.ops.embed(table, [prev])                        # [1, 3072]
             logits = decode(x, self._dec, m.weights.decoder, cfg, m.ops, m.decoder_inv_freq)
+            self._history.append(self._embeds[0])
             self._embeds = self._embeds[1:]
             self.timings.decoder_s += time.perf_counter() - t0
             self.timings.decoder_steps += 1
@@ -223,36 +242,76 @@ class Stream:
     def _fed_token(self) -> int:
         """The previous token fed back: the argmax, or the teacher's id."""
         if self.teacher is not None:
-            return self.teacher[len(self.tokens) - 1]
+            return self.teacher[self.n_tokens - 1]
         return self._prev_token
 
     def _emit(self, token_id: int, logits: np.ndarray, pos: int) -> None:
         ms = self.cfg.audio.ms_per_token
-        t = max(0.0, (pos + 1 - self.cfg.audio.n_left_pad_tokens - self.delay) * ms / 1000.0)
-        token = Token(id=token_id, text=self._text.push(token_id), time=t, position=pos)
-        if self.alt is not None:
+        index = self._first_embed + pos                     # audio token index incl. left padding
+        t = max(0.0, (index + 1 - self.cfg.audio.n_left_pad_tokens - self.delay) * ms / 1000.0)
+        if self.live and token_id == EOS_ID and not self._finishing:
+            self._restart_decoder()                         # EOS mid-stream: not the end
+            return
+        token = Token(id=token_id, text=self._text.push(token_id), time=t, position=index)
+        if self.alt is not None and token.text:
             token.alternatives = self._alternatives(logits)
         if self.record is not None:
             self.record.logits.append(np.asarray(logits, np.float32))
-        self.tokens.append(token)
+        if not self.live:
+            self.tokens.append(token)
+        self._queue.append(token)
+        self.n_tokens += 1
         self._prev_token = token_id
         if self.on_token is not None:
             self.on_token(token)
-        n = len(self.tokens)
         if self.teacher is not None:
-            if n >= len(self.teacher):
-                self.done = True
+            self.done = self.n_tokens >= len(self.teacher)
         elif token_id == EOS_ID:
             self.done = True
-        if self.max_tokens is not None and n >= self.max_tokens:
+        if self.max_tokens is not None and self.n_tokens >= self.max_tokens:
             self.done = True
+        if self.live:
+            self._watch_progress(token_id)
+
+    def _watch_progress(self, token_id: int) -> None:
+        """Live streams: restart a decoder that emits no text while audio keeps coming."""
+        self._idle_steps = self._idle_steps + 1 if token_id < self.model.tokenizer.n_special else 0
+        if self._idle_steps >= self.LIVE_IDLE_S * 1000.0 / self.cfg.audio.ms_per_token:
+            self._restart_decoder()
+
+    def _restart_decoder(self) -> None:
+        """Fresh decoder caches; the prompt is replayed over the last L-1 audio embeddings."""
+        replay = np.array(self._history, dtype=np.float32)            # [L-1, 3072]
+        self._first_embed += self._dec.n_positions - len(replay)
+        for cache in self._dec.caches:
+            cache.reset()
+        self._dec.n_positions = 0
+        self._embeds = np.concatenate([replay, self._embeds])
+        self._history.clear()
+        self._idle_steps = 0
+        self.restarts += 1
 
     def _alternatives(self, logits: np.ndarray) -> list:
-        """SPEC §10: candidates i with 1 - p_i / p_0 <= cutoff, best first."""
-        top = np.argsort(logits)[::-1][:self.alt_count + 1]
-        ratio = np.exp(logits[top] - logits[top[0]])        # p_i / p_0
+        """SPEC §10: text candidates i with 1 - p_i / p_0 <= cutoff, best first (at most alt_count).
+
+        Probabilities are a softmax over the whole vocabulary; as in voxtral.c only text
+        tokens compete, and the list stops at the first candidate that does not qualify.
+        """
+        n_special = self.model.tokenizer.n_special
+        k = min(len(logits), 4 * self.alt_count + 8)
+        top = np.argpartition(logits, -k)[-k:]
+        top = top[np.argsort(logits[top])[::-1]]
+        best = logits[top[0]]
         tok = self.model.tokenizer
-        return [(tok.token_name(int(i)), float(r)) for i, r in zip(top, ratio) if 1.0 - r <= self.alt]
+        out = []
+        for i in top:
+            if i < n_special:
+                continue
+            ratio = float(np.exp(logits[i] - best))                  # p_i / p_0
+            if 1.0 - ratio > self.alt or len(out) == self.alt_count:
+                break
+            out.append((tok.token_name(int(i)), ratio))
+        return out
 
 
 @dataclass
