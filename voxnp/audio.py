@@ -16,6 +16,7 @@ import numpy as np
 from .errors import VoxnpError
 
 MODEL_RATE = 16000  # Hz; the model's sampling rate (params.json audio_encoding_args)
+MIN_SAMPLES = MODEL_RATE * 10 // 1000  # 160 = one 10 ms mel hop; shorter input is rejected
 
 
 def int16_round_trip(x: np.ndarray) -> np.ndarray:
@@ -58,7 +59,11 @@ def load_audio(path: str | Path) -> np.ndarray:
     if not path.exists():
         raise VoxnpError(f"{path}: file not found")
     if path.is_dir():
-        raise VoxnpError(f"{path}: is a directory, not an audio file")
+        raise VoxnpError(f"{path}: is a directory with no audio files")
+    try:
+        open(path, "rb").close()  # soundfile reports a permission problem as an unknown format
+    except OSError as e:
+        raise VoxnpError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
         x, rate = sf.read(path, dtype="float32", always_2d=False)
     except sf.LibsndfileError as e:
@@ -69,7 +74,11 @@ def load_audio(path: str | Path) -> np.ndarray:
         raise VoxnpError(f"{path}: contains no audio samples")
     if not np.all(np.isfinite(x)):
         raise VoxnpError(f"{path}: contains NaN or infinite samples")
-    return prepare(x, rate)
+    x = prepare(x, rate)
+    if len(x) < MIN_SAMPLES:
+        raise VoxnpError(f"{path}: too short ({len(x)} samples at {MODEL_RATE} Hz, "
+                         f"need at least {MIN_SAMPLES} = 10 ms)")
+    return x
 
 
 def _decode_with_ffmpeg(path: Path, why: str) -> tuple[np.ndarray, int]:

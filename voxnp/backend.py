@@ -35,10 +35,15 @@ def get_backend(name: str = "auto", threads: int | None = None):
 
 def set_threads(threads: int | None) -> int:
     """Threads for Numba kernels and BLAS: `threads`, else $VOXNP_THREADS, else all cores."""
+    source = "--threads"
     if threads is None:
-        env = os.environ.get("VOXNP_THREADS")
-        threads = int(env) if env else (os.cpu_count() or 1)
-    threads = max(1, int(threads))
+        source, threads = "VOXNP_THREADS", os.environ.get("VOXNP_THREADS") or (os.cpu_count() or 1)
+    try:
+        threads = int(threads)
+    except (TypeError, ValueError):
+        raise VoxnpError(f"{source} must be a whole number of threads, got {threads!r}") from None
+    if threads < 1:
+        raise VoxnpError(f"{source} must be at least 1, got {threads}")
     try:
         import numba
 

@@ -44,10 +44,14 @@ class AudioConfig:
     def delay_tokens(self, delay_ms: float | None) -> int:
         """Delay in tokens (SPEC §7): 80 ms units, 1..30 (80..2400 ms)."""
         ms = self.default_delay_ms if delay_ms is None else delay_ms
-        d = int(round(ms / self.ms_per_token))
+        try:
+            ms = float(ms)
+            d = int(round(ms / self.ms_per_token))
+        except (TypeError, ValueError, OverflowError):
+            raise VoxnpError(f"delay must be a number of milliseconds, got {ms!r}") from None
         if not 1 <= d <= 30 or abs(d * self.ms_per_token - ms) > 1e-6:
             raise VoxnpError(
-                f"delay {ms} ms is not a multiple of {self.ms_per_token:g} ms between "
+                f"delay {ms:g} ms is not a multiple of {self.ms_per_token:g} ms between "
                 f"{self.ms_per_token:g} and {30 * self.ms_per_token:g} ms")
         return d
 
@@ -93,6 +97,8 @@ class ModelConfig:
 
 
 def _get(d: dict, key: str, where: str, path: Path):
+    if not isinstance(d, dict):
+        raise VoxnpError(f"{path}: '{where}' is not a JSON object")
     if key not in d:
         raise VoxnpError(f"{path}: missing key '{key}' in {where}")
     return d[key]
@@ -103,21 +109,56 @@ def _read_json(path: Path) -> dict:
         raise VoxnpError(f"{path}: file not found")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            obj = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise VoxnpError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise VoxnpError(f"{path}: not a JSON object (got {type(obj).__name__})")
+    return obj
+
+
+def _section(d: dict, key: str, path: Path) -> dict:
+    """An optional sub-object (`{}` when absent)."""
+    value = d.get(key, {})
+    if not isinstance(value, dict):
+        raise VoxnpError(f"{path}: '{key}' is not a JSON object")
+    return value
+
+
+def _check_positive(cfg, fields: tuple[str, ...], where: str, path: Path) -> None:
+    for name in fields:
+        if not getattr(cfg, name) > 0:
+            raise VoxnpError(f"{path}: invalid value {name}={getattr(cfg, name)} in {where} (must be positive)")
+
+
+def _tekken_settings(tekken: dict, path: Path) -> tuple[int, int, int]:
+    """tekken.json's left padding (tokens), default delay (ms) and number of special ids."""
+    try:
+        audio = _section(tekken, "audio", path)
+        return (int(audio.get("streaming_n_left_pad_tokens", 32)),
+                int(audio.get("transcription_delay_ms", 480)),
+                int(_section(tekken, "config", path).get("default_num_special_tokens", 1000)))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise VoxnpError(f"{path}: invalid value ({e})") from None
 
 
 def load_config(model_dir: Path, tekken: dict) -> ModelConfig:
     """Build the config from params.json plus tekken.json's audio section."""
     path = model_dir / "params.json"
     p = _read_json(path)
+    n_left_pad, delay_ms, n_special = _tekken_settings(tekken, model_dir / "tekken.json")
+    try:
+        return _build_config(p, path, n_left_pad, delay_ms, n_special)
+    except (TypeError, ValueError, OverflowError) as e:  # e.g. "dim": "abc" or null
+        raise VoxnpError(f"{path}: invalid value ({e})") from None
+
+
+def _build_config(p: dict, path: Path, n_left_pad: int, delay_ms: int, n_special: int) -> ModelConfig:
     if not p.get("tied_embeddings", True) or not p.get("ada_rms_norm_t_cond", True):
         raise VoxnpError(f"{path}: voxnp supports tied embeddings with ada-RMSNorm only")
     whisper = _get(_get(p, "multimodal", "params.json", path), "whisper_model_args", "multimodal", path)
     e = _get(whisper, "encoder_args", "whisper_model_args", path)
     a = _get(e, "audio_encoding_args", "encoder_args", path)
-    tk_audio = tekken.get("audio", {})
     audio = AudioConfig(
         sampling_rate=int(_get(a, "sampling_rate", "audio_encoding_args", path)),
         frame_rate=float(_get(a, "frame_rate", "audio_encoding_args", path)),
@@ -125,9 +166,11 @@ def load_config(model_dir: Path, tekken: dict) -> ModelConfig:
         hop_length=int(_get(a, "hop_length", "audio_encoding_args", path)),
         window_size=int(_get(a, "window_size", "audio_encoding_args", path)),
         log_mel_max=float(a.get("global_log_mel_max", 1.5)),
-        n_left_pad_tokens=int(tk_audio.get("streaming_n_left_pad_tokens", 32)),
-        default_delay_ms=int(tk_audio.get("transcription_delay_ms", 480)),
+        n_left_pad_tokens=n_left_pad,
+        default_delay_ms=delay_ms,
     )
+    _check_positive(audio, ("sampling_rate", "frame_rate", "n_mels", "hop_length", "window_size"),
+                    "audio_encoding_args", path)
     if audio.samples_per_token % audio.hop_length:
         raise VoxnpError(f"{path}: a token ({audio.samples_per_token} samples) is not a whole number of hops")
     encoder = EncoderConfig(
@@ -140,7 +183,7 @@ def load_config(model_dir: Path, tekken: dict) -> ModelConfig:
         rope_theta=float(e.get("rope_theta", 1e6)),
         sliding_window=int(_get(e, "sliding_window", "encoder_args", path)),
         norm_eps=float(e.get("norm_eps", 1e-5)),
-        downsample_factor=int(whisper.get("downsample_args", {}).get("downsample_factor", 4)),
+        downsample_factor=int(_section(whisper, "downsample_args", path).get("downsample_factor", 4)),
     )
     decoder = DecoderConfig(
         dim=int(_get(p, "dim", "params.json", path)),
@@ -155,8 +198,10 @@ def load_config(model_dir: Path, tekken: dict) -> ModelConfig:
         norm_eps=float(p.get("norm_eps", 1e-5)),
         ada_dim=int(_get(p, "ada_rms_norm_t_cond_dim", "params.json", path)),
     )
-    for cfg in (encoder, decoder):
+    for cfg, where in ((encoder, "encoder_args"), (decoder, "params.json")):
+        _check_positive(cfg, ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads"), where, path)
         if cfg.n_heads % cfg.n_kv_heads or cfg.head_dim % 2:
             raise VoxnpError(f"{path}: n_heads must be a multiple of n_kv_heads and head_dim even")
-    n_special = int(tekken.get("config", {}).get("default_num_special_tokens", 1000))
+    if decoder.vocab_size <= n_special:
+        raise VoxnpError(f"{path}: vocab_size {decoder.vocab_size} leaves no room after {n_special} special ids")
     return ModelConfig(audio=audio, encoder=encoder, decoder=decoder, n_special_tokens=n_special)

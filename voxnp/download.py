@@ -75,6 +75,18 @@ def _is_network_error(e: BaseException) -> bool:
         for c in type(e).__mro__)
 
 
+def _root_reason(e: BaseException) -> str:
+    """The first line of the innermost cause ("[Errno -2] Name or service not known")."""
+    seen = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    for err in reversed(seen):
+        if str(err):
+            return str(err).splitlines()[0]
+    return type(seen[-1]).__name__
+
+
 @contextlib.contextmanager
 def _progress_bars(enabled: bool):
     """Turn huggingface_hub's tqdm bars off for the duration (they are on by default)."""
@@ -115,7 +127,7 @@ def download(dest: str | Path | None = None, progress: bool = True) -> Path:
     Raises VoxnpError when huggingface_hub is missing, the Hub cannot be reached
     (HF_HUB_OFFLINE=1 included) or the download fails.
     """
-    dest = Path(dest).expanduser() if dest is not None else download_dir()
+    dest = Path(str(dest)).expanduser() if dest is not None else download_dir()  # fire may pass a number
     if dest.exists() and not dest.is_dir():
         raise VoxnpError(f"{dest}: exists and is not a directory")
     missing = [name for name in FILES if not is_complete(dest / name)]
@@ -145,7 +157,7 @@ def download(dest: str | Path | None = None, progress: bool = True) -> Path:
             except Exception as e:
                 if _is_network_error(e):
                     raise VoxnpError(f"cannot reach huggingface.co to download {REPO_ID} "
-                                     f"({type(e).__name__}); check the connection, or "
+                                     f"({_root_reason(e)}); check the connection, or "
                                      + _manual_hint(dest)) from None
                 if isinstance(e, OSError) and not hasattr(e, "response") and e.strerror:
                     raise VoxnpError(f"{dest / name}: cannot write ({e.strerror})") from None

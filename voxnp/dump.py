@@ -33,28 +33,47 @@ def dump_arrays(model, audio: np.ndarray, delay_ms=None, steps=None, teacher=Non
     }
 
 
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file
+
+
 def read_teacher(path: str | Path) -> np.ndarray:
-    path = Path(path)
+    path = Path(str(path))
     try:
-        ids = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise VoxnpError(f"{path}: cannot read teacher tokens ({e})") from None
+        with open(path, "rb") as f:
+            if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+                raise VoxnpError(f"{path}: not a .npy file (teacher tokens must be a 1-D integer array)")
+            f.seek(0)
+            ids = np.load(f, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise VoxnpError(f"{path}: cannot read teacher tokens ({getattr(e, 'strerror', None) or e})") from None
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
         raise VoxnpError(f"{path}: teacher tokens must be a 1-D integer array, got {ids.dtype} {ids.shape}")
     return ids.astype(np.int64)
 
 
+def check_output(path: str | Path) -> Path:
+    """The output path, checked before any work: its directory exists and it is not one."""
+    path = Path(str(path))
+    if not path.parent.is_dir():
+        raise VoxnpError(f"{path}: directory {path.parent} does not exist")
+    if path.is_dir():
+        raise VoxnpError(f"{path}: is a directory, not a file name")
+    return path
+
+
 def write_npz_atomic(path: str | Path, arrays: dict) -> None:
     """Write to a temporary file beside `path`, then rename: never a partial file."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise VoxnpError(f"{path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    path = check_output(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise VoxnpError(f"{path}: cannot write ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         os.unlink(tmp)
+        if isinstance(e, OSError):  # disk full, permissions, ...
+            raise VoxnpError(f"{path}: cannot write ({e.strerror or e})") from None
         raise

@@ -141,7 +141,8 @@ def _totals(rows: list[dict]) -> tuple[dict, dict]:
 def _tekken_facts(tekken: dict) -> dict:
     config = tekken.get("config", {}) if isinstance(tekken, dict) else {}
     n_special = int(config.get("default_num_special_tokens", 1000))
-    n_regular = len(tekken.get("vocab", [])) if isinstance(tekken, dict) else 0
+    vocab = tekken.get("vocab") if isinstance(tekken, dict) else None
+    n_regular = len(vocab) if isinstance(vocab, list) else 0
     return {"vocab_size": n_special + n_regular, "n_special_tokens": n_special,
             "n_regular_tokens": n_regular, "audio": tekken.get("audio", {}) if isinstance(tekken, dict) else {}}
 
@@ -159,7 +160,7 @@ def inspect_model(model_dir) -> dict:
     from .tokenizer import read_tekken
     from .weights import WEIGHTS_FILE, expected_tensors, validate
 
-    path = Path(model_dir)
+    path = Path(str(model_dir))  # fire may pass a number
     if not path.is_dir():
         raise VoxnpError(f"{path}: model directory not found" if not path.exists() else f"{path}: not a directory")
     problems: list[str] = []

@@ -62,7 +62,7 @@ class Model:
 
 def load(model_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None) -> Model:
     """Open a model directory (params.json, tekken.json, consolidated.safetensors)."""
-    path = Path(model_dir) if model_dir is not None else default_model_dir()
+    path = Path(str(model_dir)) if model_dir is not None else default_model_dir()  # fire may pass a number
     if not path.exists():
         raise VoxnpError(f"{path}: model directory not found (run `voxnp download` or pass --model)")
     if not path.is_dir():

@@ -7,7 +7,6 @@ arrive as BF16 bits in `uint16` arrays and are widened exactly to float32.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import erf
 
 from .weights import bf16_to_f32
 
@@ -28,6 +27,8 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 
 def gelu(x: np.ndarray) -> np.ndarray:
     """Exact GELU: x * Phi(x) = x/2 * (1 + erf(x / sqrt 2))."""
+    from scipy.special import erf  # imported on first use: it costs ~0.2 s at start-up
+
     return (0.5 * x * (1.0 + erf(x * np.float32(1 / np.sqrt(2))))).astype(np.float32)
 
 

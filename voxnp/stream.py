@@ -92,8 +92,11 @@ class Stream:
         self.alt_count = alt_count
         self.max_tokens = max_tokens
         self.teacher = None if teacher is None else [int(t) for t in teacher]
+        if max_tokens == 0 or (self.teacher is not None and not self.teacher):
+            self.done = True                     # nothing to decode (the encoder still runs)
         self.record = Record() if record else None
         self.on_token = on_token
+        self.done = False                        # decoding ended (EOS, max_tokens, teacher)
         self.timings = Timings()
         self.live = live
         self.tokens: list[Token] = []            # every token emitted (not kept when live)
@@ -114,7 +117,6 @@ class Stream:
         self._n_samples = 0                      # samples of the padded signal fed to LogMel
         self._n_audio = 0                        # user samples fed
         self._prev_token = None
-        self.done = False                        # decoding ended (EOS, max_tokens, teacher)
         self.finished = False                    # finish() called: no more audio
         self._finishing = False                  # inside finish(): EOS is final
         self._push(np.zeros(cfg.audio.n_left_pad_tokens * cfg.audio.samples_per_token, np.float32))
@@ -281,6 +283,8 @@ class Stream:
 
     def _restart_decoder(self) -> None:
         """Fresh decoder caches; the prompt is replayed over the last L-1 audio embeddings."""
+        if self._dec.n_positions == 0:
+            return
         replay = np.array(self._history, dtype=np.float32)            # [L-1, 3072]
         self._first_embed += self._dec.n_positions - len(replay)
         for cache in self._dec.caches:

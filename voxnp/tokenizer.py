@@ -21,11 +21,13 @@ class Tokenizer:
             config = tekken["config"]
             self.n_special = int(config.get("default_num_special_tokens", 1000))
             entries = tekken["vocab"][:vocab_size - self.n_special]
-            self.vocab = [base64.b64decode(e["token_bytes"]) for e in entries]
-        except (KeyError, TypeError, ValueError) as e:
+            self.vocab = [base64.b64decode(e["token_bytes"], validate=True) for e in entries]
+            self.special_names = {int(s["rank"]): str(s["token_str"]) for s in tekken.get("special_tokens", [])}
+        except (AttributeError, KeyError, TypeError, ValueError) as e:  # binascii.Error is a ValueError
             raise VoxnpError(f"{where}: not a Tekken vocabulary ({type(e).__name__}: {e})") from None
-        self.special_names = {int(s["rank"]): s["token_str"] for s in tekken.get("special_tokens", [])}
         self.vocab_size = self.n_special + len(self.vocab)
+        if self.vocab_size < vocab_size:
+            raise VoxnpError(f"{where}: only {self.vocab_size} token ids, params.json vocab_size is {vocab_size}")
 
     @classmethod
     def from_file(cls, path: Path, vocab_size: int) -> "Tokenizer":
@@ -69,6 +71,9 @@ def read_tekken(path: Path) -> dict:
         raise VoxnpError(f"{path}: file not found")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            tekken = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise VoxnpError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(tekken, dict):
+        raise VoxnpError(f"{path}: not a Tekken vocabulary (expected a JSON object, got {type(tekken).__name__})")
+    return tekken

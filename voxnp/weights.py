@@ -48,12 +48,16 @@ class SafetensorsFile:
             header = json.loads(self._map[8:8 + header_len])
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise VoxnpError(f"{path}: corrupt safetensors header (not JSON)") from None
+        if not isinstance(header, dict):
+            raise VoxnpError(f"{path}: corrupt safetensors header (not a JSON object)")
         header.pop("__metadata__", None)
         self._data_start = 8 + header_len
         self._buffer = np.frombuffer(self._map, dtype=np.uint8)
         self.entries: dict[str, dict] = header
         data_len = size - self._data_start
         for name, e in header.items():
+            if not _is_entry(e):
+                raise VoxnpError(f"{path}: corrupt safetensors header: bad entry for tensor '{name}'")
             begin, end = e["data_offsets"]
             if end > data_len:
                 raise VoxnpError(f"{path}: truncated: tensor '{name}' ends at byte {end} "
@@ -72,6 +76,16 @@ class SafetensorsFile:
             raise VoxnpError(f"{self.path}: tensor '{name}' has {end - begin} bytes for shape {list(shape)}")
         raw = self._buffer[self._data_start + begin:self._data_start + end]
         return raw.view(np.uint16).reshape(shape)
+
+
+def _is_entry(e) -> bool:
+    """{"dtype": str, "shape": [n, ...], "data_offsets": [begin, end]} with 0 <= begin <= end."""
+    def ints(v):
+        return isinstance(v, list) and all(type(i) is int and i >= 0 for i in v)
+
+    return (isinstance(e, dict) and isinstance(e.get("dtype"), str) and ints(e.get("shape"))
+            and ints(e.get("data_offsets")) and len(e["data_offsets"]) == 2
+            and e["data_offsets"][0] <= e["data_offsets"][1])
 
 
 def bf16_to_f32(x: np.ndarray) -> np.ndarray:
@@ -228,9 +242,12 @@ def validate(st: SafetensorsFile, cfg: ModelConfig) -> list[str]:
 def load_weights(st: SafetensorsFile, cfg: ModelConfig) -> Weights:
     """Check every tensor against the config, then build the views (reads no data)."""
     problems = validate(st, cfg)
+    expected = expected_tensors(cfg)
+    problems += [f"unexpected tensor '{name}'" for name in st.entries if name not in expected]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        hint = "; params.json disagrees with the weights" if any("shape" in p for p in problems) else ""
+        mismatch = any(w in p for p in problems for w in ("shape", "missing", "unexpected"))
+        hint = "; params.json disagrees with the weights" if mismatch else ""
         raise VoxnpError(f"{st.path}: {problems[0]}{more}{hint}")
 
     def build(cls, names):

@@ -1,0 +1,264 @@
+"""voxnp's speed and memory on the full-size model, against the machine's own limits.
+
+    python bench/bench.py [--model DIR] [--out bench/results/NAME.json] [--quick]
+
+Without --model, a full-size random checkpoint (8.9 GB, the published format) is
+written once to bench/cache/full (or $VOXNP_BENCH_CACHE) and reused. Everything is
+measured in this one run, and the figures that matter are ratios to limits measured
+in the same run: read bandwidth (GB/s, all cores) and float32 matmul rate (GFLOP/s).
+Prints a table and writes the same figures as JSON.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import memory_mb, print_table, write_json  # noqa: E402
+
+SHARED_AUDIO = HERE.parent.parent / "shared" / "audio"
+SAMPLES = ("5s_dont_worry_about_him.wav", "15s_there_are_two_of_them_out_there.wav",
+           "60s_i_dont_want_anyones_life_on_my_hands.wav")
+
+
+# ---------------------------------------------------------------------------
+# the machine's limits
+
+
+def read_bandwidth_gbs(n_bytes: int = 2 << 30, repeats: int = 5) -> float:
+    """Streaming read bandwidth with all cores: a parallel sum over a buffer >> L3."""
+    from numba import njit, prange
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def parallel_sum(a):
+        n_chunks = 256
+        step = (a.shape[0] + n_chunks - 1) // n_chunks
+        partial = np.zeros(n_chunks, np.float32)
+        for c in prange(n_chunks):
+            acc = np.float32(0.0)
+            for i in range(c * step, min(a.shape[0], (c + 1) * step)):
+                acc += a[i]
+            partial[c] = acc
+        return partial.sum()
+
+    a = np.ones(n_bytes // 4, np.float32)
+    parallel_sum(a)
+    best = min(_timed(lambda: parallel_sum(a)) for _ in range(repeats))
+    return a.nbytes / best / 1e9
+
+
+def matmul_gflops(n: int = 3072, repeats: int = 5) -> float:
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+# ---------------------------------------------------------------------------
+# model figures
+
+
+def full_checkpoint() -> Path:
+    cache = Path(os.environ.get("VOXNP_BENCH_CACHE", HERE / "cache")) / "full"
+    if not (cache / "params.json").exists():
+        from voxnp.checkpoint import write_checkpoint
+
+        print(f"writing a full-size random checkpoint to {cache} (8.9 GB, once) ...", flush=True)
+        write_checkpoint(cache, preset="full", overwrite=True)
+    return cache
+
+
+def decoder_bytes_per_step(cfg, context: int) -> float:
+    """Weights (BF16) plus the KV cache read by one decoder step."""
+    d = cfg.decoder
+    q, kv = d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim
+    per_layer = d.dim * (q + 2 * kv) + q * d.dim + 3 * d.dim * d.hidden_dim
+    weights = 2 * (d.n_layers * per_layer + d.vocab_size * d.dim)
+    kv_bytes = d.n_layers * 2 * min(context, d.sliding_window) * kv * 4
+    return weights + kv_bytes
+
+
+def encoder_flops_per_position(cfg) -> float:
+    e = cfg.encoder
+    q, kv = e.n_heads * e.head_dim, e.n_kv_heads * e.head_dim
+    linear = e.n_layers * (e.dim * (q + 2 * kv) + q * e.dim + 3 * e.dim * e.hidden_dim)
+    attention = e.n_layers * 2 * 2 * e.sliding_window * q          # QK^T and PV at a full window
+    adapter = (e.dim * e.downsample_factor * cfg.decoder.dim + cfg.decoder.dim ** 2) / e.downsample_factor
+    return 2 * linear + attention + 2 * adapter
+
+
+def time_decoder(m, context: int, steps: int = 5) -> float:
+    """Mean seconds per decoder step with `context` positions already cached."""
+    from voxnp.decoder import decode, new_decoder_state
+
+    cfg = m.config
+    state = new_decoder_state(cfg, m.weights.decoder, 6, m.ops)
+    rng = np.random.default_rng(0)
+    for cache in state.caches:                       # pretend `context` positions were decoded
+        n = min(context, cache.capacity)
+        cache.k[:, :n] = rng.standard_normal(cache.k[:, :n].shape, dtype=np.float32)
+        cache.v[:, :n] = rng.standard_normal(cache.v[:, :n].shape, dtype=np.float32)
+        cache.length = context
+    state.n_positions = context
+    x = rng.standard_normal((1, cfg.decoder.dim), dtype=np.float32)
+    decode(x, state, m.weights.decoder, cfg, m.ops, m.decoder_inv_freq)   # warm
+    t = time.perf_counter()
+    for _ in range(steps):
+        decode(x, state, m.weights.decoder, cfg, m.ops, m.decoder_inv_freq)
+    return (time.perf_counter() - t) / steps
+
+
+def time_blas_baseline_step(m) -> float:
+    """One decoder step's matrices the voxtral.c BLAS way: widen each BF16 matrix into a
+    float32 scratch buffer, then a BLAS matrix-vector product (attention excluded)."""
+    from voxnp.kernels import widen_into
+
+    w = m.weights.decoder
+    mats = [getattr(layer, n) for layer in w.layers for n in ("wq", "wk", "wv", "wo", "w1", "w3", "w2")]
+    mats.append(w.tok_embeddings)
+    scratch = np.empty(max(a.size for a in mats), np.float32)
+    x = {k: np.ones(k, np.float32) for k in {a.shape[1] for a in mats}}
+
+    def step():
+        for a in mats:
+            f32 = widen_into(a, scratch)
+            f32 @ x[a.shape[1]]
+
+    step()
+    return min(_timed(step) for _ in range(2))
+
+
+def time_encoder(m, seconds: float = 10.0) -> float:
+    """Seconds of encoder + adapter work per second of audio (fresh stream state)."""
+    from voxnp.encoder import adapt, encode, new_encoder_state
+
+    cfg = m.config
+    frames = int(seconds * cfg.audio.sampling_rate / cfg.audio.hop_length)
+    mel = np.random.default_rng(0).standard_normal((frames, cfg.audio.n_mels), dtype=np.float32) * 0.3
+    warm = new_encoder_state(cfg)
+    encode(mel[:64], warm, m.weights.encoder, cfg, m.ops, m.encoder_inv_freq)
+    state = new_encoder_state(cfg)
+    t = time.perf_counter()
+    enc = encode(mel, state, m.weights.encoder, cfg, m.ops, m.encoder_inv_freq)
+    adapt(enc, state, m.weights.adapter, cfg, m.ops)
+    return (time.perf_counter() - t) / seconds
+
+
+def time_prefill(m) -> float:
+    from voxnp.decoder import decode, new_decoder_state
+
+    cfg = m.config
+    L = 1 + cfg.audio.n_left_pad_tokens + 6
+    x = np.random.default_rng(0).standard_normal((L - 1, cfg.decoder.dim), dtype=np.float32)
+    decode(x[:2], new_decoder_state(cfg, m.weights.decoder, 6, m.ops), m.weights.decoder, cfg, m.ops,
+           m.decoder_inv_freq)                                                        # warm
+    state = new_decoder_state(cfg, m.weights.decoder, 6, m.ops)
+    return _timed(lambda: decode(x, state, m.weights.decoder, cfg, m.ops, m.decoder_inv_freq))
+
+
+def cold_start(model: Path, audio: Path, numba_cache: str | None) -> float:
+    """Process start to first token printed, in a fresh interpreter."""
+    env = dict(os.environ)
+    if numba_cache is not None:
+        env["NUMBA_CACHE_DIR"] = numba_cache
+    code = ("import time,sys; t0=time.perf_counter(); import voxnp; from voxnp.stream import Stream;"
+            "from voxnp.audio import load_audio; m=voxnp.load(sys.argv[1]); s=Stream(m, interval=0.0);"
+            "x=load_audio(sys.argv[2]); i=0\n"
+            "while s.n_tokens==0 and i<len(x): s.feed(x[i:i+1280]); i+=1280\n"
+            "print(time.perf_counter()-t0)")
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, str(model), str(audio)], env=env, check=True,
+                   capture_output=True)
+    return time.perf_counter() - t
+
+
+def end_to_end(model: Path, audio: Path) -> dict:
+    """`voxnp FILE` in a fresh process: wall time, x real time, peak RSS and anonymous memory."""
+    code = ("import sys,time,json,threading; sys.path.insert(0, sys.argv[3]); from common import memory_mb;"
+            "import voxnp; from voxnp.stream import transcribe; peak=[0.0]\n"
+            "def watch():\n"
+            "    while True: peak[0]=max(peak[0], memory_mb()['anon']); time.sleep(0.05)\n"
+            "threading.Thread(target=watch, daemon=True).start(); t=time.perf_counter();"
+            "m=voxnp.load(sys.argv[1]); r=transcribe(m, sys.argv[2]); wall=time.perf_counter()-t;"
+            "print(json.dumps({'wall_s':wall,'audio_s':r.audio_seconds,'peak_rss_mb':memory_mb()['peak'],"
+            "'peak_anon_mb':max(peak[0], memory_mb()['anon']),'encoder_s':r.timings.encoder_s,"
+            "'prefill_s':r.timings.prefill_s,'decoder_ms_per_step':1000*r.timings.decoder_s/max(1,r.timings.decoder_steps)}))")
+    out = subprocess.run([sys.executable, "-c", code, str(model), str(audio), str(HERE)],
+                         check=True, capture_output=True, text=True)
+    import json
+
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["x_real_time"] = r["audio_s"] / r["wall_s"]
+    return r
+
+
+def main(model=None, out=None, quick=False):
+    import voxnp
+
+    model = Path(model) if model else full_checkpoint()
+    results = {"model": str(model)}
+    rows = []
+
+    def row(name, value, unit, note=""):
+        rows.append({"measure": name, "value": f"{value:.3g}" if isinstance(value, float) else value,
+                     "unit": unit, "note": note})
+        results[name] = value
+
+    bw = read_bandwidth_gbs()
+    mm = matmul_gflops()
+    row("read_bandwidth", bw, "GB/s", "all cores")
+    row("matmul_rate", mm, "GFLOP/s", "float32 sgemm 3072^3")
+
+    before = memory_mb()
+    t = time.perf_counter()
+    m = voxnp.load(model)
+    row("open_time", time.perf_counter() - t, "s")
+    row("open_rss_delta", memory_mb()["rss"] - before["rss"], "MB")
+
+    cfg = m.config
+    with tempfile.TemporaryDirectory() as fresh:
+        audio = SHARED_AUDIO / SAMPLES[0]
+        row("first_call", cold_start(model, audio, fresh), "s", "process start to first token, empty JIT cache")
+        row("cold_start_cached", cold_start(model, audio, None), "s", "process start to first token, JIT cached")
+
+    enc = time_encoder(m, 4.0 if quick else 10.0)
+    enc_rate = encoder_flops_per_position(cfg) * 50 / enc / 1e9
+    row("encoder", enc, "s per audio s")
+    row("encoder_rate", enc_rate, "GFLOP/s", f"{100 * enc_rate / mm:.0f}% of matmul rate")
+    row("prefill", time_prefill(m), "s", f"{cfg.audio.n_left_pad_tokens + 6} positions")
+    for context in (40, 2000):
+        step = time_decoder(m, context)
+        floor = decoder_bytes_per_step(cfg, context) / (bw * 1e9)
+        row(f"decoder_step_ctx{context}", 1000 * step, "ms", f"{step / floor:.2f}x bandwidth floor ({1000 * floor:.0f} ms)")
+        results[f"decoder_step_ctx{context}_floor_ratio"] = step / floor
+    blas = time_blas_baseline_step(m)
+    row("blas_baseline_step", 1000 * blas, "ms", f"voxtral.c way; voxnp is {blas / (results['decoder_step_ctx40'] / 1000):.2f}x faster")
+    if not quick:
+        for name in SAMPLES:
+            r = end_to_end(model, SHARED_AUDIO / name)
+            results[f"e2e_{name}"] = r
+            row(f"e2e_{name.split('_')[0]}", r["wall_s"], "s",
+                f"{r['x_real_time']:.2f}x real time, peak RSS {r['peak_rss_mb']:.0f} MB, anon {r['peak_anon_mb']:.0f} MB")
+    print_table(rows)
+    if out is None:
+        out = HERE / "results" / ("quick.json" if quick else "full.json")
+    write_json(out, results)
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)
