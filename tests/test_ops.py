@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from voxnp import kernels, ops
-from voxnp._kernels import matvec_bf16
+from voxnp._kernels import matmul_bf16
 from voxnp.kv_cache import KVCache
 from voxnp.weights import bf16_to_f32
 
@@ -29,20 +29,21 @@ def test_bf16_widening_is_exact():
     np.testing.assert_array_equal(kernels.widen(w), bf16_to_f32(w))
 
 
-@pytest.mark.parametrize("n,k", [(1, 1), (37, 53), (130, 7), (64, 256), (1000, 3)])
-def test_matvec_bf16(n, k):
-    w, x = bf16((n, k)), rng.standard_normal(k).astype(np.float32)
-    y = np.full(n, np.nan, np.float32)
-    matvec_bf16(w, x, y, 2)
-    close(y, bf16_to_f32(w) @ x)
+@pytest.mark.parametrize("n,k", [(1, 1), (37, 53), (130, 7), (64, 256), (1000, 3), (515, 1031)])
+@pytest.mark.parametrize("M", [1, 3, 8])
+def test_matmul_bf16(n, k, M):
+    w, x = bf16((n, k)), rng.standard_normal((M, k)).astype(np.float32)
+    y = np.full((M, n), np.nan, np.float32)
+    matmul_bf16(w, x, y, 2)
+    close(y, x @ bf16_to_f32(w).T)
 
 
-def test_matvec_rejects_wrong_sizes():
+def test_matmul_bf16_rejects_wrong_sizes():
     with pytest.raises(ValueError):
-        matvec_bf16(bf16((4, 5)), np.zeros(6, np.float32), np.zeros(4, np.float32))
+        matmul_bf16(bf16((4, 5)), np.zeros((1, 6), np.float32), np.zeros((1, 4), np.float32))
 
 
-@pytest.mark.parametrize("rows", [1, 2, 39, 300])
+@pytest.mark.parametrize("rows", [1, 2, 8, 9, 39, 300])
 @pytest.mark.parametrize("n_out,n_in", [(37, 53), (515, 1031)])
 def test_linear(rows, n_out, n_in):
     x = rng.standard_normal((rows, n_in)).astype(np.float32)

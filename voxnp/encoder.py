@@ -43,21 +43,21 @@ def new_encoder_state(cfg: ModelConfig, xp=np) -> EncoderState:
 def conv_stem(mel: np.ndarray, state: EncoderState, w: EncoderWeights, ops) -> np.ndarray:
     """SPEC §4.1: mel frames [k, n_mels] -> new encoder inputs [P, dim] (P = 2 frames each).
 
-    Both convolutions are written as linear layers over stacked neighbouring frames:
-    tap t of a kernel of width 3 multiplies frame (i - 2 + t).
+    Both convolutions are linear layers over stacked neighbouring frames: the kernel
+    [out, in, 3] is the matrix [out, in * 3], and tap t multiplies frame (i - 2 + t).
     """
     k, n_mels = mel.shape
     dim = w.conv1.shape[0]
     x = np.concatenate([state.mel_tail, mel])                           # [k+2, 128]
     state.mel_tail = x[-2:]
     taps = np.stack([x[:-2], x[1:-1], x[2:]], axis=-1)                  # [k, 128, 3]
-    c1 = ops.gelu(ops.linear(taps.reshape(k, n_mels * 3), w.conv1.reshape(dim, n_mels * 3),
+    c1 = ops.gelu(ops.linear(taps.reshape(k, n_mels * 3), w.conv1,
                              w.conv1_bias))                             # [k, 1280]
     y = np.concatenate([state.conv1_tail, c1])                          # starts at index 2i-1
     P = (len(y) - 1) // 2                                               # stride 2
     taps = np.stack([y[0:2 * P:2], y[1:2 * P + 1:2], y[2:2 * P + 2:2]], axis=-1)  # [P, 1280, 3]
     state.conv1_tail = y[2 * P:]
-    return ops.gelu(ops.linear(taps.reshape(P, dim * 3), w.conv2.reshape(dim, dim * 3),
+    return ops.gelu(ops.linear(taps.reshape(P, dim * 3), w.conv2,
                                w.conv2_bias))                           # [P, 1280]
 
 

@@ -1,10 +1,10 @@
 """The fast versions of the ops in `ops.py` (Numba, BLAS), with the same signatures.
 
-- `linear`: one row (a decoder step) is the fused BF16 matrix-vector product of
-  `_kernels.pyx` (Cython, ahead of time), which widens the weights in registers
+- `linear`: a few rows (a decoder step has one) go through the fused BF16 product
+  of `_kernels.pyx` (Cython, ahead of time), which widens the weights in registers
   while streaming them from the mmap; many rows
   (encoder, prefill) widen a block of weight rows into a reused float32 scratch
-  buffer and hand it to BLAS.
+  buffer and hand it to BLAS (84% of the machine's sgemm rate at 500 rows).
 - `rope`: interleaved rotation in one pass.
 - `attention`: one query position reads the circular KV buffer in place (Numba);
   a block of positions uses batched BLAS over the ring's slots with a window mask.
@@ -19,12 +19,15 @@ from . import ops
 from .errors import VoxnpError
 
 try:
-    from ._kernels import matvec_bf16
+    from ._kernels import matmul_bf16
 except ImportError:  # pragma: no cover - a source checkout that was never built
     raise VoxnpError("voxnp's compiled kernels are missing: install with `pip install .` "
                      "(or `pip install -e .` in a checkout)") from None
 
-# Weight rows widened per BLAS call: a 4 MiB float32 block stays in L2/L3.
+# Up to this many rows, streaming BF16 weights through the Cython kernel beats widening
+# them for BLAS (measured on [9216, 3072]: 4 rows 6.6 vs 9.4 ms; 16 rows 17 vs 13 ms).
+FEW_ROWS = 8
+# Weight rows widened per BLAS call: a 4 MiB float32 block stays in L3 (measured best).
 SCRATCH_FLOATS = 1 << 20
 
 
@@ -32,9 +35,8 @@ SCRATCH_FLOATS = 1 << 20
 # BF16 widening and linear layers
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _widen_rows(w, r0, r1, out):
-    """out[:r1-r0] = float32(W[r0:r1]) for BF16 W [n, k] (uint16)."""
+def _widen_rows_py(w, r0, r1, out):
+    """out[:(r1-r0)*k] = float32(W[r0:r1]) for BF16 W [n, k] (uint16)."""
     bits = out.view(np.uint32)
     k = w.shape[1]
     for r in prange(r1 - r0):
@@ -44,36 +46,69 @@ def _widen_rows(w, r0, r1, out):
             dst[j] = np.uint32(src[j]) << 16
 
 
+# One loop, compiled twice. Blocks that alternate with BLAS calls are widened on one
+# thread: two thread pools fighting over the cores cost more than the loop (measured:
+# 38-row products 20% faster); whole tensors widened once use every core.
+_widen_rows = njit(cache=True, nogil=True)(_widen_rows_py)
+_widen_rows_parallel = njit(parallel=True, cache=True, nogil=True)(_widen_rows_py)
+
+
 class _Scratch:
     buffer = np.empty(SCRATCH_FLOATS, dtype=np.float32)
 
 
+def widen_into(w: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """float32(W) written into the front of `out`; returns that view, shaped like W."""
+    flat = w.reshape(-1, w.shape[-1])
+    _widen_rows_parallel(flat, 0, flat.shape[0], out)
+    return out[:w.size].reshape(w.shape)
+
+
 def widen(w: np.ndarray) -> np.ndarray:
     """A float32 copy of a BF16 tensor (any shape)."""
-    flat = w.reshape(-1, w.shape[-1]) if w.ndim > 1 else w.reshape(1, -1)
-    out = np.empty(flat.size, dtype=np.float32)
-    _widen_rows(flat, 0, flat.shape[0], out)
-    return out.reshape(w.shape)
+    return widen_into(w.reshape(1, -1) if w.ndim == 1 else w, np.empty(w.size, np.float32)).reshape(w.shape)
+
+
+_kept: dict[int, list] = {}  # id(W) -> [W, float32 copy or None]
+
+
+def keep_float32(weights) -> None:
+    """Keep a float32 copy of these BF16 matrices once they are used with many rows.
+
+    For the encoder: its ~1 G weights are widened once (4 GB for the real model)
+    and every later block is a plain BLAS product at the machine's sgemm rate,
+    instead of re-widening each weight block per call.
+    """
+    for w in weights:
+        _kept.setdefault(id(w), [w, None])
 
 
 def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """y = x @ W.T (+ b): x [..., in] float32, W [out, in] BF16 -> [..., out]."""
     n_out, n_in = w.shape
     rows = x.reshape(-1, n_in)
-    if rows.shape[0] == 1:
-        y = np.empty((1, n_out), dtype=np.float32)
-        matvec_bf16(w, np.ascontiguousarray(rows[0]), y[0], get_num_threads())
-    else:
+    kept = _kept.get(id(w))
+    if rows.shape[0] <= FEW_ROWS:
         y = np.empty((rows.shape[0], n_out), dtype=np.float32)
+        matmul_bf16(w, np.ascontiguousarray(rows), y, get_num_threads())
+    elif kept is not None and kept[0] is w:
+        if kept[1] is None:
+            kept[1] = widen(w)
+        y = (kept[1] @ rows.T).T                                          # [T, out]
+    else:
+        # widen a block of weight rows into the scratch buffer, then BLAS (W_block @ x.T)
+        yt = np.empty((n_out, rows.shape[0]), dtype=np.float32)          # [out, T]
+        xt = np.ascontiguousarray(rows.T)                                 # [in, T]
         block = max(1, SCRATCH_FLOATS // n_in)
         scratch = _Scratch.buffer
         for r0 in range(0, n_out, block):
             r1 = min(n_out, r0 + block)
             _widen_rows(w, r0, r1, scratch)
-            y[:, r0:r1] = rows @ scratch[:(r1 - r0) * n_in].reshape(r1 - r0, n_in).T
+            np.matmul(scratch[:(r1 - r0) * n_in].reshape(r1 - r0, n_in), xt, out=yt[r0:r1])
+        y = yt.T
     if bias is not None:
-        y += widen(bias)
-    return y.reshape(*x.shape[:-1], n_out)
+        y = y + widen(bias)
+    return np.ascontiguousarray(y).reshape(*x.shape[:-1], n_out)
 
 
 # ---------------------------------------------------------------------------
@@ -111,36 +146,86 @@ def _attend_one(q, k_new, v_new, ring_k, ring_v, length, window, out):
     """One query at position `length` over the ring (positions < length) and itself.
 
     q [H, hd]; k_new, v_new [Hkv, hd]; ring_k, ring_v [Hkv, cap, hd]; out [H, hd].
+    Each task is one KV head and the `group` query heads that share it, so every
+    cached key and value is read once. Ring slots are visited in place: slot
+    (length - 1 - i) % cap holds position length - 1 - i.
     """
     H, hd = q.shape
-    group = H // k_new.shape[0]
+    Hkv = k_new.shape[0]
+    group = H // Hkv
     cap = ring_k.shape[1]
-    n_old = min(length, window - 1, cap)             # visible cached keys, newest first
+    n_old = min(length, window - 1, cap)             # visible cached keys
+    first = length - n_old                           # oldest visible position
     scale = np.float32(1.0 / np.sqrt(hd))
-    for h in prange(H):
-        g = h // group
-        scores = np.empty(n_old + 1, np.float32)
-        best = np.float32(0.0)
-        for i in range(n_old + 1):
-            key = k_new[g] if i == n_old else ring_k[g, (length - 1 - i) % cap]
+    for g in prange(Hkv):
+        scores = np.empty((group, n_old + 1), np.float32)
+        qg = q[g * group:(g + 1) * group] * scale                    # [group, hd]
+        for i in range(n_old):
+            key = ring_k[g, (first + i) % cap]
+            for h in range(group):
+                s = np.float32(0.0)
+                for d in range(hd):
+                    s += qg[h, d] * key[d]
+                scores[h, i] = s
+        for h in range(group):
             s = np.float32(0.0)
             for d in range(hd):
-                s += q[h, d] * key[d]
-            s *= scale
-            scores[i] = s
-            if i == 0 or s > best:
-                best = s
-        total = np.float32(0.0)
-        for i in range(n_old + 1):
-            scores[i] = np.exp(scores[i] - best)
-            total += scores[i]
-        for d in range(hd):
-            out[h, d] = np.float32(0.0)
-        for i in range(n_old + 1):
-            value = v_new[g] if i == n_old else ring_v[g, (length - 1 - i) % cap]
-            p = scores[i] / total
+                s += qg[h, d] * k_new[g, d]
+            scores[h, n_old] = s
+        for h in range(group):                        # softmax over the visible keys
+            best = scores[h].max()
+            total = np.float32(0.0)
+            for i in range(n_old + 1):
+                e = np.exp(scores[h, i] - best)
+                scores[h, i] = e
+                total += e
+            scores[h] *= np.float32(1.0) / total
+        acc = np.zeros((group, hd), np.float32)
+        for i in range(n_old):
+            value = ring_v[g, (first + i) % cap]
+            for h in range(group):
+                p = scores[h, i]
+                for d in range(hd):
+                    acc[h, d] += p * value[d]
+        for h in range(group):
+            p = scores[h, n_old]
             for d in range(hd):
-                out[h, d] += p * value[d]
+                out[g * group + h, d] = acc[h, d] + p * v_new[g, d]
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _masked_softmax(s_old, s_new, old_pos, first_pos, window):
+    """In place: softmax over [old | new] keys with the causal sliding-window mask.
+
+    s_old [R, T, S] scores against cached keys at positions old_pos [S]; s_new [R, T, T]
+    scores against the block's own keys; query t is at position first_pos + t.
+    """
+    R, T, S = s_old.shape
+    for rt in prange(R * T):
+        r, t = rt // T, rt % T
+        pos = first_pos + t
+        best = np.float32(-np.inf)
+        for j in range(S):
+            if old_pos[j] > pos - window and s_old[r, t, j] > best:
+                best = s_old[r, t, j]
+        lo = max(0, t - window + 1)
+        for j in range(lo, t + 1):
+            if s_new[r, t, j] > best:
+                best = s_new[r, t, j]
+        total = np.float32(0.0)
+        for j in range(S):
+            e = np.exp(s_old[r, t, j] - best) if old_pos[j] > pos - window else np.float32(0.0)
+            s_old[r, t, j] = e
+            total += e
+        for j in range(T):
+            e = np.exp(s_new[r, t, j] - best) if lo <= j <= t else np.float32(0.0)
+            s_new[r, t, j] = e
+            total += e
+        inv = np.float32(1.0) / total
+        for j in range(S):
+            s_old[r, t, j] *= inv
+        for j in range(T):
+            s_new[r, t, j] *= inv
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache, window: int) -> np.ndarray:
@@ -148,36 +233,29 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache, window: int) -
     T, H, hd = q.shape
     if T == 1:
         out = np.empty((H, hd), dtype=np.float32)
-        _attend_one(q[0], k[0], v[0], cache.k, cache.v, cache.length, window, out)
+        _attend_one(np.ascontiguousarray(q[0]), np.ascontiguousarray(k[0]), np.ascontiguousarray(v[0]),
+                    cache.k, cache.v, cache.length, window, out)
         return out.reshape(1, H * hd)
     return _attention_block(q, k, v, cache, window)
 
 
 def _attention_block(q, k, v, cache, window):
-    """T > 1 positions: batched BLAS over all ring slots and the new keys, masked."""
+    """T > 1 positions: BLAS scores against the ring's slots (in place) and the new keys,
+    a masked softmax over both, then BLAS again for the weighted values."""
     T, H, hd = q.shape
     Hkv = k.shape[1]
     group = H // Hkv
     S = cache.n_valid()
-    q_pos = cache.length + np.arange(T)                                       # [T]
-    old_pos = cache.slot_positions()[:S]                                      # [S]
-    old_visible = old_pos[None, :] > q_pos[:, None] - window                  # [T, S]
-    rel = np.arange(T)
-    new_visible = (rel[None, :] <= rel[:, None]) & (rel[None, :] > rel[:, None] - window)  # [T, T]
     scale = np.float32(1.0 / np.sqrt(hd))
-    qh = q.transpose(1, 0, 2).reshape(Hkv, group * T, hd) * scale            # [Hkv, g*T, hd]
-    s_old = (qh @ cache.k[:, :S, :].transpose(0, 2, 1)).reshape(Hkv, group, T, S)
-    s_new = (qh @ k.transpose(1, 2, 0)).reshape(Hkv, group, T, T)
-    s_old = np.where(old_visible, s_old, np.float32(-np.inf))
-    s_new = np.where(new_visible, s_new, np.float32(-np.inf))
-    top = np.maximum(s_old.max(axis=-1, initial=-np.inf), s_new.max(axis=-1))[..., None]
-    p_old = np.exp(s_old - top)
-    p_new = np.exp(s_new - top)
-    total = p_old.sum(axis=-1, keepdims=True) + p_new.sum(axis=-1, keepdims=True)
-    out = (p_old.reshape(Hkv, group * T, S) @ cache.v[:, :S, :]
-           + p_new.reshape(Hkv, group * T, T) @ v.transpose(1, 0, 2))          # [Hkv, g*T, hd]
-    out = out.reshape(Hkv, group, T, hd) / total
-    return np.ascontiguousarray(out.transpose(2, 0, 1, 3)).reshape(T, H * hd)
+    qh = (q * scale).transpose(1, 0, 2).reshape(Hkv, group * T, hd)        # [Hkv, g*T, hd]
+    kh = np.ascontiguousarray(k.transpose(1, 0, 2))                         # [Hkv, T, hd]
+    vh = np.ascontiguousarray(v.transpose(1, 0, 2))
+    s_old = qh @ cache.k[:, :S, :].transpose(0, 2, 1)                       # [Hkv, g*T, S]
+    s_new = qh @ kh.transpose(0, 2, 1)                                      # [Hkv, g*T, T]
+    _masked_softmax(s_old.reshape(Hkv * group, T, S), s_new.reshape(Hkv * group, T, T),
+                    cache.slot_positions()[:S], cache.length, window)
+    out = s_old @ cache.v[:, :S, :] + s_new @ vh                            # [Hkv, g*T, hd]
+    return np.ascontiguousarray(out.reshape(Hkv, group, T, hd).transpose(2, 0, 1, 3)).reshape(T, H * hd)
 
 
 # Ops with no faster version than the plain one.

@@ -60,8 +60,23 @@ class Model:
         return transcribe(self, audio, delay_ms=delay_ms, on_token=on_token).text
 
 
-def load(model_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None) -> Model:
-    """Open a model directory (params.json, tekken.json, consolidated.safetensors)."""
+def encoder_matrices(w: Weights) -> list:
+    """The encoder's and adapter's weight matrices (those used with many rows at once)."""
+    e = w.encoder
+    mats = [e.conv1, e.conv2]
+    for layer in e.layers:
+        mats += [layer.wq, layer.wk, layer.wv, layer.wo, layer.w1, layer.w3, layer.w2]
+    return mats + [w.adapter.w_in, w.adapter.w_out]
+
+
+def load(model_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None,
+         encoder_float32: bool | None = None) -> Model:
+    """Open a model directory (params.json, tekken.json, consolidated.safetensors).
+
+    encoder_float32: keep a float32 copy of the encoder's matrices after their first
+    use (4 GB for the real model; the encoder then runs at the BLAS rate). Default:
+    $VOXNP_ENCODER_F32 (1/0), else on.
+    """
     path = Path(str(model_dir)) if model_dir is not None else default_model_dir()  # fire may pass a number
     if not path.exists():
         raise VoxnpError(f"{path}: model directory not found (run `voxnp download` or pass --model)")
@@ -76,6 +91,10 @@ def load(model_dir: str | Path | None = None, backend: str = "auto", threads: in
     weights = load_weights(st, config)
     tokenizer = Tokenizer(tekken, config.decoder.vocab_size, path / "tekken.json")
     ops = get_backend(backend, threads=threads)
+    if encoder_float32 is None:
+        encoder_float32 = os.environ.get("VOXNP_ENCODER_F32", "1") != "0"
+    if encoder_float32:
+        ops.keep_float32(encoder_matrices(weights))
     return Model(
         path=path, config=config, weights=weights, tokenizer=tokenizer, ops=ops,
         encoder_inv_freq=rope_frequencies(config.encoder.head_dim, config.encoder.rope_theta),

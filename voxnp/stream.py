@@ -140,6 +140,11 @@ class Stream:
         if self._new_audio >= self.interval_samples:
             self._run()
 
+    def flush_pending(self) -> None:
+        """Run the network now on what was fed (no padding added, unlike flush())."""
+        if not self.finished and self._n_pending:
+            self._run()
+
     def flush(self) -> None:
         """Feed silence (to a whole token plus the right padding) and decode it all."""
         if self.finished:
@@ -330,20 +335,30 @@ OFFLINE_CHUNK_S = 10.0  # a whole file is fed in chunks of this much audio (boun
 
 
 def transcribe(model, audio, delay_ms: float | None = None, on_token=None, **options) -> Transcript:
-    """Offline transcription: the streaming session, fed a whole recording and finished."""
+    """Offline transcription: the streaming session, fed a whole recording and finished.
+
+    The first feed holds just enough audio for the prompt (so the first token comes
+    early), the rest goes in chunks of OFFLINE_CHUNK_S (so memory stays bounded).
+    """
     if isinstance(audio, (str, Path)):
         from .audio import load_audio
 
         audio = load_audio(audio)
     audio = np.asarray(audio, dtype=np.float32)
     s = Stream(model, delay_ms=delay_ms, interval=OFFLINE_CHUNK_S, on_token=on_token, **options)
-    step = int(OFFLINE_CHUNK_S * model.config.audio.sampling_rate)
-    for i in range(0, len(audio), step):
-        s.feed(audio[i:i + step])
+    ac = model.config.audio
+    look_ahead = ac.window_size // 2 - ac.hop_length                   # 40 samples past a token's end
+    first = (s.delay + 1) * ac.samples_per_token + look_ahead          # audio of the prompt's last rows
+    step = int(OFFLINE_CHUNK_S * ac.sampling_rate)
+    bounds = [0, min(first, len(audio))] + list(range(first + step, len(audio), step)) + [len(audio)]
+    for start, end in zip(bounds, bounds[1:]):
+        s.feed(audio[start:end])
+        if start == 0:
+            s.flush_pending()
         if s.done:
             break
     s.finish()
-    s.timings.audio_s = len(audio) / model.config.audio.sampling_rate
+    s.timings.audio_s = len(audio) / ac.sampling_rate
     return Transcript(text=s.text, tokens=s.tokens, timings=s.timings, audio_seconds=s.timings.audio_s)
 
 

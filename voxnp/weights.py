@@ -116,9 +116,9 @@ class EncoderLayerWeights:
 
 @dataclass(frozen=True)
 class EncoderWeights:
-    conv1: np.ndarray           # [1280, 128, 3]
+    conv1: np.ndarray           # [1280, 128 * 3]  the [1280, 128, 3] kernel as a matrix (tap fastest)
     conv1_bias: np.ndarray      # [1280]
-    conv2: np.ndarray           # [1280, 1280, 3]
+    conv2: np.ndarray           # [1280, 1280 * 3] the [1280, 1280, 3] kernel as a matrix
     conv2_bias: np.ndarray      # [1280]
     layers: tuple[EncoderLayerWeights, ...]
     norm: np.ndarray            # [1280]
@@ -239,6 +239,11 @@ def validate(st: SafetensorsFile, cfg: ModelConfig) -> list[str]:
     return problems
 
 
+def _as_matrix(kernel: np.ndarray) -> np.ndarray:
+    """A conv kernel [out, in, taps] as the matrix [out, in * taps] of a linear layer."""
+    return kernel.reshape(kernel.shape[0], -1)
+
+
 def load_weights(st: SafetensorsFile, cfg: ModelConfig) -> Weights:
     """Check every tensor against the config, then build the views (reads no data)."""
     problems = validate(st, cfg)
@@ -254,9 +259,9 @@ def load_weights(st: SafetensorsFile, cfg: ModelConfig) -> Weights:
         return cls(**{field: st.tensor(names[field][0]) for field in names})
 
     encoder = EncoderWeights(
-        conv1=st.tensor(f"{ENC}conv_layers.0.conv.weight"),
+        conv1=_as_matrix(st.tensor(f"{ENC}conv_layers.0.conv.weight")),
         conv1_bias=st.tensor(f"{ENC}conv_layers.0.conv.bias"),
-        conv2=st.tensor(f"{ENC}conv_layers.1.conv.weight"),
+        conv2=_as_matrix(st.tensor(f"{ENC}conv_layers.1.conv.weight")),
         conv2_bias=st.tensor(f"{ENC}conv_layers.1.conv.bias"),
         layers=tuple(build(EncoderLayerWeights, _encoder_layer_names(i, cfg.encoder))
                      for i in range(cfg.encoder.n_layers)),
