@@ -2,7 +2,6 @@
 import io
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import threading

@@ -104,7 +104,8 @@ def _get(d: dict, key: str, where: str, path: Path):
     return d[key]
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON object from a file, or a one-line VoxnpError naming the file."""
     if not path.is_file():
         raise VoxnpError(f"{path}: file not found")
     try:
@@ -145,7 +146,7 @@ def _tekken_settings(tekken: dict, path: Path) -> tuple[int, int, int]:
 def load_config(model_dir: Path, tekken: dict) -> ModelConfig:
     """Build the config from params.json plus tekken.json's audio section."""
     path = model_dir / "params.json"
-    p = _read_json(path)
+    p = read_json(path)
     n_left_pad, delay_ms, n_special = _tekken_settings(tekken, model_dir / "tekken.json")
     try:
         return _build_config(p, path, n_left_pad, delay_ms, n_special)

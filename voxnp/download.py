@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .errors import VoxnpError
-from .inspect import read_header
+from .weights import read_header
 
 REPO_ID = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 FILES = ("params.json", "tekken.json", "consolidated.safetensors")

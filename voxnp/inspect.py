@@ -12,57 +12,16 @@ import dataclasses
 import json as jsonlib
 import math
 import re
-import struct
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 from .errors import VoxnpError
+from .weights import Header, read_header
 
 COMPONENTS = ("encoder", "adapter", "decoder", "embeddings")
 DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I8": 1, "U8": 1, "I16": 2, "U16": 2,
                "I32": 4, "U32": 4, "I64": 8, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit on the JSON header
-
-
-@dataclass(frozen=True)
-class Header:
-    """A safetensors header, read without mapping the data."""
-    entries: dict        # name -> {"dtype", "shape", "data_offsets"} (no "__metadata__")
-    metadata: dict
-    data_start: int      # 8 + header length: where offset 0 of the data lies
-    data_end: int        # the largest end offset: the data size the header promises
-    file_size: int
-
-
-def read_header(path: Path) -> Header:
-    """Parse the 8-byte length and the JSON header of a safetensors file (SPEC §1)."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            f.seek(0)
-            head = f.read(8)
-            if len(head) < 8:
-                raise VoxnpError(f"{path}: truncated safetensors file ({size} bytes)")
-            (n,) = struct.unpack("<Q", head)
-            if n > min(size - 8, MAX_HEADER_BYTES):
-                raise VoxnpError(f"{path}: truncated or corrupt safetensors header "
-                                 f"({n} header bytes announced, file has {size})")
-            raw = f.read(n)
-    except OSError as e:
-        raise VoxnpError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        entries = jsonlib.loads(raw)
-    except (UnicodeDecodeError, jsonlib.JSONDecodeError):
-        raise VoxnpError(f"{path}: corrupt safetensors header (not JSON)") from None
-    if not isinstance(entries, dict):
-        raise VoxnpError(f"{path}: corrupt safetensors header (not a JSON object)")
-    metadata = entries.pop("__metadata__", None) or {}
-    ends = [e["data_offsets"][1] for e in entries.values() if _offsets(e) is not None]
-    return Header(entries=entries, metadata=metadata, data_start=8 + n,
-                  data_end=max(ends, default=0), file_size=size)
 
 
 def _offsets(entry) -> tuple[int, int] | None:

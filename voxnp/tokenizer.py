@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import base64
 import codecs
-import json
 from pathlib import Path
 
+from .config import read_json
 from .errors import VoxnpError
 
 
@@ -67,13 +67,4 @@ class TextDecoder:
 
 
 def read_tekken(path: Path) -> dict:
-    if not path.is_file():
-        raise VoxnpError(f"{path}: file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            tekken = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise VoxnpError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(tekken, dict):
-        raise VoxnpError(f"{path}: not a Tekken vocabulary (expected a JSON object, got {type(tekken).__name__})")
-    return tekken
+    return read_json(path)

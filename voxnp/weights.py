@@ -19,6 +19,7 @@ from .config import DecoderConfig, EncoderConfig, ModelConfig
 from .errors import VoxnpError
 
 WEIGHTS_FILE = "consolidated.safetensors"
+MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit on the JSON header
 ENC = "mm_streams_embeddings.embedding_module.whisper_encoder."
 ADAPTER = "mm_streams_embeddings.embedding_module.audio_language_projection."
 TOK_EMBEDDINGS = "mm_streams_embeddings.embedding_module.tok_embeddings.weight"
@@ -27,41 +28,64 @@ TOK_EMBEDDINGS = "mm_streams_embeddings.embedding_module.tok_embeddings.weight"
 # safetensors file
 
 
+@dataclass(frozen=True)
+class Header:
+    """A safetensors header, read without mapping the data."""
+    entries: dict        # name -> {"dtype", "shape", "data_offsets"} (no "__metadata__")
+    metadata: dict
+    data_start: int      # 8 + header length: where offset 0 of the data lies
+    data_end: int        # the largest end offset: the data size the header promises
+    file_size: int
+
+
+def read_header(path: Path) -> Header:
+    """Parse the 8-byte length and the JSON header of a safetensors file (SPEC §1)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(0)
+            head = f.read(8)
+            if len(head) < 8:
+                raise VoxnpError(f"{path}: truncated safetensors file ({size} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, MAX_HEADER_BYTES):
+                raise VoxnpError(f"{path}: truncated or corrupt safetensors header "
+                                 f"({n} header bytes announced, file has {size})")
+            raw = f.read(n)
+    except OSError as e:
+        raise VoxnpError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        entries = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise VoxnpError(f"{path}: corrupt safetensors header (not JSON)") from None
+    if not isinstance(entries, dict):
+        raise VoxnpError(f"{path}: corrupt safetensors header (not a JSON object)")
+    metadata = entries.pop("__metadata__", None) or {}
+    ends = [e["data_offsets"][1] for e in entries.values() if _is_entry(e)]
+    return Header(entries=entries, metadata=metadata, data_start=8 + n,
+                  data_end=max(ends, default=0), file_size=size)
+
+
 class SafetensorsFile:
     """A memory-mapped safetensors file whose BF16 tensors are read as uint16 views."""
 
     def __init__(self, path: Path):
         self.path = path
-        try:
-            f = open(path, "rb")
-        except OSError as e:
-            raise VoxnpError(f"{path}: cannot open ({e.strerror})") from None
-        with f:
-            size = f.seek(0, 2)
-            if size < 8:
-                raise VoxnpError(f"{path}: truncated safetensors file ({size} bytes)")
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        (header_len,) = struct.unpack("<Q", self._map[:8])
-        if header_len > size - 8:
-            raise VoxnpError(f"{path}: truncated or corrupt safetensors header")
-        try:
-            header = json.loads(self._map[8:8 + header_len])
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise VoxnpError(f"{path}: corrupt safetensors header (not JSON)") from None
-        if not isinstance(header, dict):
-            raise VoxnpError(f"{path}: corrupt safetensors header (not a JSON object)")
-        header.pop("__metadata__", None)
-        self._data_start = 8 + header_len
-        self._buffer = np.frombuffer(self._map, dtype=np.uint8)
-        self.entries: dict[str, dict] = header
-        data_len = size - self._data_start
-        for name, e in header.items():
+        header = read_header(path)
+        data_len = header.file_size - header.data_start
+        for name, e in header.entries.items():
             if not _is_entry(e):
                 raise VoxnpError(f"{path}: corrupt safetensors header: bad entry for tensor '{name}'")
             begin, end = e["data_offsets"]
             if end > data_len:
                 raise VoxnpError(f"{path}: truncated: tensor '{name}' ends at byte {end} "
                                  f"of the data but the file holds only {data_len}")
+        self.entries: dict[str, dict] = header.entries
+        self._data_start = header.data_start
+        with open(path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._buffer = np.frombuffer(self._map, dtype=np.uint8)
 
     def tensor(self, name: str) -> np.ndarray:
         """The named BF16 tensor as a read-only uint16 view into the map."""
