@@ -194,38 +194,39 @@ def _attend_one(q, k_new, v_new, ring_k, ring_v, length, window, out):
 
 
 @njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _masked_softmax(s_old, s_new, old_pos, first_pos, window):
-    """In place: softmax over [old | new] keys with the causal sliding-window mask.
+def _shift_and_mask(scores, key_pos, first_pos, window):
+    """In place, per row: subtract the row's visible maximum; hidden keys become -inf.
 
-    s_old [R, T, S] scores against cached keys at positions old_pos [S]; s_new [R, T, T]
-    scores against the block's own keys; query t is at position first_pos + t.
+    scores [R, T, N]; key j is at position key_pos[j], ascending; query t at
+    first_pos + t sees keys with pos - window < key_pos[j] <= pos, a run [lo, hi).
     """
-    R, T, S = s_old.shape
+    R, T, N = scores.shape
     for rt in prange(R * T):
         r, t = rt // T, rt % T
         pos = first_pos + t
-        best = np.float32(-np.inf)
-        for j in range(S):
-            if old_pos[j] > pos - window and s_old[r, t, j] > best:
-                best = s_old[r, t, j]
-        lo = max(0, t - window + 1)
-        for j in range(lo, t + 1):
-            if s_new[r, t, j] > best:
-                best = s_new[r, t, j]
-        total = np.float32(0.0)
-        for j in range(S):
-            e = np.exp(s_old[r, t, j] - best) if old_pos[j] > pos - window else np.float32(0.0)
-            s_old[r, t, j] = e
-            total += e
-        for j in range(T):
-            e = np.exp(s_new[r, t, j] - best) if lo <= j <= t else np.float32(0.0)
-            s_new[r, t, j] = e
-            total += e
-        inv = np.float32(1.0) / total
-        for j in range(S):
-            s_old[r, t, j] *= inv
-        for j in range(T):
-            s_new[r, t, j] *= inv
+        lo = np.searchsorted(key_pos, pos - window, side="right")
+        hi = np.searchsorted(key_pos, pos, side="right")
+        row = scores[r, t]
+        row[lo:hi] -= row[lo:hi].max()
+        row[:lo] = -np.inf
+        row[hi:] = -np.inf
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _normalise_rows(p):
+    """p [R, T, N] /= its row sums."""
+    R, T, N = p.shape
+    for rt in prange(R * T):
+        row = p[rt // T, rt % T]
+        row *= np.float32(1.0) / row.sum()
+
+
+def _masked_softmax(scores, key_pos, first_pos, window):
+    """Softmax of each row over the keys its query may see (causal sliding window), in
+    place. The exponential is NumPy's (SIMD); the rest are parallel loops."""
+    _shift_and_mask(scores, key_pos, first_pos, window)
+    np.exp(scores, out=scores)
+    _normalise_rows(scores)
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache, window: int) -> np.ndarray:
@@ -239,23 +240,46 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache, window: int) -
     return _attention_block(q, k, v, cache, window)
 
 
+QUERY_CHUNK = 128  # queries per BLAS pass: each chunk scores only the keys it can see
+
+
 def _attention_block(q, k, v, cache, window):
-    """T > 1 positions: BLAS scores against the ring's slots (in place) and the new keys,
-    a masked softmax over both, then BLAS again for the weighted values."""
+    """T > 1 positions, in chunks of queries. Each chunk is scored (BLAS) against the
+    keys inside its window: the visible run of the ring, read in place as at most two
+    contiguous slot ranges, and the block's own keys so far; then a masked softmax and
+    BLAS again for the weighted values."""
     T, H, hd = q.shape
     Hkv = k.shape[1]
     group = H // Hkv
-    S = cache.n_valid()
+    L, cap = cache.length, cache.capacity
     scale = np.float32(1.0 / np.sqrt(hd))
-    qh = (q * scale).transpose(1, 0, 2).reshape(Hkv, group * T, hd)        # [Hkv, g*T, hd]
-    kh = np.ascontiguousarray(k.transpose(1, 0, 2))                         # [Hkv, T, hd]
+    kh = np.ascontiguousarray(k.transpose(1, 0, 2))                          # [Hkv, T, hd]
     vh = np.ascontiguousarray(v.transpose(1, 0, 2))
-    s_old = qh @ cache.k[:, :S, :].transpose(0, 2, 1)                       # [Hkv, g*T, S]
-    s_new = qh @ kh.transpose(0, 2, 1)                                      # [Hkv, g*T, T]
-    _masked_softmax(s_old.reshape(Hkv * group, T, S), s_new.reshape(Hkv * group, T, T),
-                    cache.slot_positions()[:S], cache.length, window)
-    out = s_old @ cache.v[:, :S, :] + s_new @ vh                            # [Hkv, g*T, hd]
-    return np.ascontiguousarray(out.reshape(Hkv, group, T, hd).transpose(2, 0, 1, 3)).reshape(T, H * hd)
+    out = np.empty((T, H, hd), np.float32)
+    for c0 in range(0, T, QUERY_CHUNK):
+        c1 = min(T, c0 + QUERY_CHUNK)
+        C = c1 - c0
+        parts = []                                                           # (keys, values, positions)
+        first_old = max(L + c0 - window + 1, L - min(L, cap))
+        p = first_old
+        while p < L:                                                         # the ring, slot ranges in place
+            slot = p % cap
+            n = min(L - p, cap - slot)
+            parts.append((cache.k[:, slot:slot + n], cache.v[:, slot:slot + n], np.arange(p, p + n)))
+            p += n
+        n0 = max(0, c0 - window + 1)
+        parts.append((kh[:, n0:c1], vh[:, n0:c1], L + np.arange(n0, c1)))  # the block's own keys
+        qc = (q[c0:c1] * scale).transpose(1, 0, 2).reshape(Hkv, group * C, hd)    # [Hkv, g*C, hd]
+        scores = np.concatenate([qc @ kp.transpose(0, 2, 1) for kp, _, _ in parts], axis=2)
+        key_pos = np.concatenate([pos for _, _, pos in parts])
+        _masked_softmax(scores.reshape(Hkv * group, C, -1), key_pos, L + c0, window)
+        o = np.zeros((Hkv, group * C, hd), np.float32)
+        start = 0
+        for _, vp, pos in parts:
+            o += scores[:, :, start:start + len(pos)] @ vp                     # [Hkv, g*C, hd]
+            start += len(pos)
+        out[c0:c1] = o.reshape(Hkv, group, C, hd).transpose(2, 0, 1, 3).reshape(C, H, hd)
+    return out.reshape(T, H * hd)
 
 
 # Ops with no faster version than the plain one.
