@@ -62,6 +62,11 @@ def test_other_delays_match_reference(tiny_model, ref_models, speech, delay_ms):
 def test_steps_limit(tiny_model, speech):
     out = dump_arrays(tiny_model, speech, steps=4)
     assert out["tokens"].shape == (4,) and out["logits"].shape == (4, 4096)
+    none = dump_arrays(tiny_model, speech, steps=0)
+    assert none["tokens"].shape == (0,) and none["logits"].shape == (0, 4096)
+    assert none["audio_embeds"].shape == out["audio_embeds"].shape   # the encoder still ran
+    empty = dump_arrays(tiny_model, speech, teacher=np.zeros(0, np.int64))
+    assert empty["tokens"].shape == (0,)
 
 
 @pytest.mark.parametrize("rate,channels,subtype", [(44100, 2, "PCM_16"), (8000, 1, "PCM_16"),

@@ -92,11 +92,10 @@ class Stream:
         self.alt_count = alt_count
         self.max_tokens = max_tokens
         self.teacher = None if teacher is None else [int(t) for t in teacher]
-        if max_tokens == 0 or (self.teacher is not None and not self.teacher):
-            self.done = True                     # nothing to decode (the encoder still runs)
+        # decoding ended (EOS, max_tokens, teacher); nothing to decode: the encoder still runs
+        self.done = max_tokens == 0 or (self.teacher is not None and not self.teacher)
         self.record = Record() if record else None
         self.on_token = on_token
-        self.done = False                        # decoding ended (EOS, max_tokens, teacher)
         self.timings = Timings()
         self.live = live
         self.tokens: list[Token] = []            # every token emitted (not kept when live)
