@@ -1,7 +1,9 @@
 """Shared fixtures: tiny random checkpoints in the published format, audio samples."""
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,9 @@ TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # `import reference` (the independent NumPy forward pass)
 
 SHARED_AUDIO = TESTS.parent.parent / "shared" / "audio"
+
+# the left-padding state cache (voxnp/padcache.py) goes to a private directory per run
+os.environ["VOXNP_CACHE_DIR"] = tempfile.mkdtemp(prefix="voxnp-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -82,10 +82,11 @@ def test_get_returns_each_token_once_and_times_increase(tiny_model, speech):
 
 def test_interval_defers_work(tiny_model, speech):
     s = Stream(tiny_model, interval=2.0)
+    ready = s._dec.n_positions                # the left padding is done at the start
     s.feed(speech[:16000])
-    assert s._dec.n_positions == 0            # 1 s < 2 s: nothing run yet
+    assert s._dec.n_positions == ready        # 1 s < 2 s: nothing run yet
     s.feed(speech[16000:40000])
-    assert s._dec.n_positions > 0
+    assert s._dec.n_positions > ready
 
 
 def test_flush_then_continue(tiny_model, speech):
@@ -114,3 +115,48 @@ def test_alternatives_follow_the_cutoff(tiny_model, speech):
     for t in s.tokens:
         ratios = [p for _, p in t.alternatives]
         assert ratios[0] == 1.0 and all(1 - p <= 0.999 for p in ratios) and ratios == sorted(ratios, reverse=True)
+
+
+def test_left_padding_state_is_reused_exactly(tiny_dir, speech):
+    """The state after the left padding is computed once per model and delay; a stream
+    that starts from the copy gives the tokens of one that computed it."""
+    import voxnp
+
+    model = voxnp.load(tiny_dir)
+    first = Stream(model)                                  # computes and keeps the state
+    assert set(model.left_padding) == {first.delay}
+    second = Stream(model)                                 # starts from the copy
+    for s in (first, second):
+        s.feed(speech)
+        s.finish()
+    assert [t.id for t in first.tokens] == [t.id for t in second.tokens]
+    assert first._dec.caches[0].k is not second._dec.caches[0].k
+    np.testing.assert_array_equal(first._enc.caches[0].k, second._enc.caches[0].k)
+    other_delay = Stream(model, delay_ms=960)
+    assert set(model.left_padding) == {first.delay, other_delay.delay}
+
+
+def test_left_padding_state_survives_a_new_process(tiny_dir, speech, tmp_path, monkeypatch):
+    import voxnp
+    from voxnp import padcache
+
+    monkeypatch.setenv("VOXNP_CACHE_DIR", str(tmp_path))
+    first = voxnp.load(tiny_dir)
+    a = Stream(first)
+    path = padcache.cache_file(first.file.path, a.delay)
+    assert path.exists()
+    fresh = voxnp.load(tiny_dir)                           # a new process would start like this
+    assert fresh.left_padding == {}
+    b = Stream(fresh)
+    assert set(fresh.left_padding) == {a.delay}            # read from the file, not recomputed
+    for s in (a, b):
+        s.feed(speech)
+        s.finish()
+    assert [t.id for t in a.tokens] == [t.id for t in b.tokens]
+    path.write_bytes(b"damaged")                           # a damaged file is ignored
+    c = Stream(voxnp.load(tiny_dir))
+    c.feed(speech)
+    c.finish()
+    assert [t.id for t in c.tokens] == [t.id for t in a.tokens]
+    monkeypatch.setenv("VOXNP_CACHE_DIR", "")
+    assert padcache.cache_file(first.file.path, a.delay) is None

@@ -25,6 +25,14 @@ class DecoderState:
     ffn_scales: np.ndarray    # [n_layers, dim]  (1 + s) of ada-RMSNorm, fixed for the session
     n_positions: int = 0      # positions decoded so far
 
+    def snapshot(self) -> dict:
+        return {"n_positions": self.n_positions, "caches": [c.snapshot() for c in self.caches]}
+
+    def restore(self, snap: dict) -> None:
+        self.n_positions = snap["n_positions"]
+        for cache, c in zip(self.caches, snap["caches"]):
+            cache.restore(c)
+
 
 def time_embedding(delay_tokens: int, dim: int) -> np.ndarray:
     """t_cond = concat(cos(d f), sin(d f)), f_j = exp(-ln(10000) j / (dim/2)).  -> [dim]"""

@@ -29,6 +29,17 @@ class EncoderState:
     ungrouped: np.ndarray    # [<4, dim]    encoder outputs waiting for a full group
     n_positions: int = 0     # encoder positions produced so far
 
+    def snapshot(self) -> dict:
+        return {"mel_tail": self.mel_tail.copy(), "conv1_tail": self.conv1_tail.copy(),
+                "ungrouped": self.ungrouped.copy(), "n_positions": self.n_positions,
+                "caches": [c.snapshot() for c in self.caches]}
+
+    def restore(self, snap: dict) -> None:
+        self.mel_tail, self.conv1_tail = snap["mel_tail"].copy(), snap["conv1_tail"].copy()
+        self.ungrouped, self.n_positions = snap["ungrouped"].copy(), snap["n_positions"]
+        for cache, c in zip(self.caches, snap["caches"]):
+            cache.restore(c)
+
 
 def new_encoder_state(cfg: ModelConfig, xp=np) -> EncoderState:
     e = cfg.encoder

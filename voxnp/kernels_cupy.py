@@ -3,8 +3,8 @@
 Arrays go in and come out as NumPy, so the model code is the same for every backend;
 what is big lives on the GPU. Each weight matrix is uploaded once and widened from
 BF16 to float32 on the device (17.7 GB for the real model), and each KV cache gets a
-device mirror that this module's attention appends to as it goes (the host cache
-only keeps its length). The light ops (norms, activations, RoPE, embedding rows)
+device mirror that this module's attention appends to as it goes (uploaded whole
+only when the host cache changed otherwise: a restart or a restored state). The light ops (norms, activations, RoPE, embedding rows)
 stay on the host: they move kilobytes per step.
 
     voxnp speech.wav --backend cupy        # pip install "voxnp[gpu]" (CuPy for CUDA 12)
@@ -48,15 +48,16 @@ def keep_float32(weights) -> None:
 
 
 def _ring(cache):
-    """The device mirror of a host KVCache, resynchronised if the host cache was reset."""
+    """The device mirror of a host KVCache; uploaded again if the host cache changed
+    behind its back (a reset, or a state restored from a snapshot)."""
     entry = _rings.get(id(cache))
     if entry is None or entry[0] is not cache:
         entry = [cache, cp.zeros(cache.k.shape, cp.float32), cp.zeros(cache.v.shape, cp.float32), 0]
         _rings[id(cache)] = entry
     if entry[3] != cache.length:
-        if cache.length != 0:
-            raise RuntimeError("KV cache changed outside the cupy backend's attention")
-        entry[3] = 0
+        entry[1][...] = cp.asarray(cache.k)
+        entry[2][...] = cp.asarray(cache.v)
+        entry[3] = cache.length
     return entry
 
 

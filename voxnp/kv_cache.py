@@ -43,3 +43,15 @@ class KVCache:
 
     def reset(self) -> None:
         self.length = 0
+
+    def snapshot(self) -> tuple:
+        """Copies of the cached positions (oldest first) and the length."""
+        k, v, _ = self.ordered()
+        return k.copy(), v.copy(), self.length
+
+    def restore(self, snap: tuple) -> None:
+        k, v, length = snap
+        slots = np.arange(length - k.shape[1], length) % self.capacity
+        self.k[:, slots, :] = k
+        self.v[:, slots, :] = v
+        self.length = length

@@ -82,6 +82,13 @@ class LogMel:
             self._started = True
         return self._emit(len(self._buf))
 
+    def snapshot(self) -> tuple:
+        return self._buf.copy(), self._started, self._next, self._n_samples
+
+    def restore(self, snap: tuple) -> None:
+        buf, self._started, self._next, self._n_samples = snap
+        self._buf = buf.copy()
+
     def finish(self) -> np.ndarray:
         """Reflect-pad the end and return the last frames (total = samples / hop)."""
         if not self._started:

@@ -7,7 +7,7 @@ paged in by the kernels as they use them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ class Model:
     encoder_inv_freq: np.ndarray  # RoPE frequencies, fixed per model
     decoder_inv_freq: np.ndarray
     file: SafetensorsFile
+    left_padding: dict = field(default_factory=dict)  # delay -> stream state after the left padding
 
     def stream(self, **options):
         """A streaming session (see `voxnp.stream.Stream` for the options)."""
