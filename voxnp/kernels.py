@@ -27,6 +27,9 @@ except ImportError:  # pragma: no cover - a source checkout that was never built
 # Up to this many rows, streaming BF16 weights through the Cython kernel beats widening
 # them for BLAS (measured on [9216, 3072]: 4 rows 6.6 vs 9.4 ms; 16 rows 17 vs 13 ms).
 FEW_ROWS = 8
+# A kept float32 copy is made on the first product with at least this many rows (a
+# short first run, e.g. the one that gives the first token, does not pay for it).
+KEEP_MIN_ROWS = 64
 # Weight rows widened per BLAS call: a 4 MiB float32 block stays in L3 (measured best).
 SCRATCH_FLOATS = 1 << 20
 
@@ -91,7 +94,7 @@ def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.n
     if rows.shape[0] <= FEW_ROWS:
         y = np.empty((rows.shape[0], n_out), dtype=np.float32)
         matmul_bf16(w, np.ascontiguousarray(rows), y, get_num_threads())
-    elif kept is not None and kept[0] is w:
+    elif kept is not None and kept[0] is w and (kept[1] is not None or rows.shape[0] >= KEEP_MIN_ROWS):
         if kept[1] is None:
             kept[1] = widen(w)
         y = (kept[1] @ rows.T).T                                          # [T, out]
