@@ -26,10 +26,10 @@ setup(
         compiler_directives={"language_level": "3"},
     ),
     install_requires=["numpy>=1.24", "scipy>=1.10", "numba>=0.59", "safetensors>=0.4",
-                      "soundfile>=0.12", "soxr>=0.3", "fire>=0.5", "threadpoolctl>=3"],
+                      "soundfile>=0.12", "soxr>=0.3", "fire>=0.5", "threadpoolctl>=3",
+                      "huggingface_hub>=0.20"],   # `voxnp download`
     extras_require={
         "test": ["pytest>=7", "mistral_common>=1.5"],
-        "download": ["huggingface_hub>=0.20"],
         "mic": ["sounddevice>=0.4"],
         "gpu": ["cupy-cuda12x>=13"],
         "bench": ["mistral_common>=1.5"],

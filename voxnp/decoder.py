@@ -42,14 +42,14 @@ def time_embedding(delay_tokens: int, dim: int) -> np.ndarray:
     return np.concatenate([np.cos(angle), np.sin(angle)]).astype(np.float32)
 
 
-def new_decoder_state(cfg: ModelConfig, w: DecoderWeights, delay_tokens: int, ops, xp=np) -> DecoderState:
+def new_decoder_state(cfg: ModelConfig, w: DecoderWeights, delay_tokens: int, ops) -> DecoderState:
     """Empty caches plus the per-layer ada-RMSNorm scales for this delay (computed once)."""
     d = cfg.decoder
     t_cond = time_embedding(delay_tokens, d.dim)[None, :]                          # [1, 3072]
     scales = np.stack([
         1.0 + ops.linear(ops.gelu(ops.linear(t_cond, layer.ada_down)), layer.ada_up)[0]  # [3072]
         for layer in w.layers]).astype(np.float32)                                   # [26, 3072]
-    caches = [KVCache(d.sliding_window, d.n_kv_heads, d.head_dim, xp) for _ in range(d.n_layers)]
+    caches = [KVCache(d.sliding_window, d.n_kv_heads, d.head_dim) for _ in range(d.n_layers)]
     return DecoderState(caches=caches, ffn_scales=scales)
 
 

@@ -139,8 +139,8 @@ def download(dest: str | Path | None = None, progress: bool = True) -> Path:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
-        raise VoxnpError('downloading needs huggingface_hub: pip install "voxnp[download]" '
-                         '(or pip install huggingface_hub), or ' + _manual_hint(dest)) from None
+        raise VoxnpError('downloading needs huggingface_hub (a dependency of voxnp; '
+                         'pip install huggingface_hub), or ' + _manual_hint(dest)) from None
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true"):
         raise VoxnpError(f"cannot download {REPO_ID}: HF_HUB_OFFLINE is set; unset it, or "
                          + _manual_hint(dest))
@@ -171,7 +171,7 @@ def download_command(dir=None):
     """Download Voxtral Realtime 4B (params.json, tekken.json, consolidated.safetensors; 8.9 GB).
 
     Files already downloaded are kept; an interrupted download leaves no partial file
-    under the final name. Needs huggingface_hub (pip install "voxnp[download]").
+    under the final name.
 
     Args:
       dir: directory to download into (default $VOXNP_HOME/Voxtral-Mini-4B-Realtime-2602,

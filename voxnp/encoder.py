@@ -41,12 +41,12 @@ class EncoderState:
             cache.restore(c)
 
 
-def new_encoder_state(cfg: ModelConfig, xp=np) -> EncoderState:
+def new_encoder_state(cfg: ModelConfig) -> EncoderState:
     e = cfg.encoder
     return EncoderState(
         mel_tail=np.zeros((2, cfg.audio.n_mels), np.float32),     # conv 1 pads 2 zero frames
         conv1_tail=np.zeros((1, e.dim), np.float32),              # conv 2 pads 1 zero frame
-        caches=[KVCache(e.sliding_window, e.n_kv_heads, e.head_dim, xp) for _ in range(e.n_layers)],
+        caches=[KVCache(e.sliding_window, e.n_kv_heads, e.head_dim) for _ in range(e.n_layers)],
         ungrouped=np.zeros((0, e.dim), np.float32),
     )
 

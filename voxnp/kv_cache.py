@@ -11,10 +11,10 @@ import numpy as np
 
 
 class KVCache:
-    def __init__(self, capacity: int, n_kv_heads: int, head_dim: int, xp=np):
+    def __init__(self, capacity: int, n_kv_heads: int, head_dim: int):
         self.capacity = capacity
-        self.k = xp.zeros((n_kv_heads, capacity, head_dim), dtype=np.float32)  # [Hkv, W, hd]
-        self.v = xp.zeros((n_kv_heads, capacity, head_dim), dtype=np.float32)
+        self.k = np.zeros((n_kv_heads, capacity, head_dim), dtype=np.float32)  # [Hkv, W, hd]
+        self.v = np.zeros((n_kv_heads, capacity, head_dim), dtype=np.float32)
         self.length = 0                      # positions appended so far (logical)
 
     def append(self, k, v) -> None:
