@@ -160,3 +160,18 @@ def test_left_padding_state_survives_a_new_process(tiny_dir, speech, tmp_path, m
     assert [t.id for t in c.tokens] == [t.id for t in a.tokens]
     monkeypatch.setenv("VOXNP_CACHE_DIR", "")
     assert padcache.cache_file(first.file.path, a.delay) is None
+
+
+def test_a_stream_with_nothing_to_decode_leaves_the_shared_state_alone(tiny_dir, speech, tmp_path, monkeypatch):
+    import voxnp
+
+    monkeypatch.setenv("VOXNP_CACHE_DIR", str(tmp_path))
+    model = voxnp.load(tiny_dir)
+    Stream(model, max_tokens=0)                            # decodes nothing, prefills nothing
+    assert model.left_padding == {} and list(tmp_path.iterdir()) == []
+    a = Stream(model)
+    b = Stream(voxnp.load(tiny_dir), record=True)          # computes everything itself
+    for s in (a, b):
+        s.feed(speech)
+        s.finish()
+    assert [t.id for t in a.tokens] == [t.id for t in b.tokens]

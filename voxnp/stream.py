@@ -131,7 +131,10 @@ class Stream:
         from . import padcache
 
         cfg = self.cfg
-        if self.record is None:
+        # a dump records the padding's intermediates; a stream with nothing to decode
+        # (max_tokens=0, empty teacher) never prefills: neither may use or fill the cache
+        shareable = self.record is None and not self.done
+        if shareable:
             cached = self.model.left_padding.get(self.delay)
             on_disk = padcache.cache_file(self.model.file.path, self.delay)
             if cached is None and on_disk is not None and on_disk.exists():
@@ -142,7 +145,7 @@ class Stream:
                 return
         self._push(np.zeros(cfg.audio.n_left_pad_tokens * cfg.audio.samples_per_token, np.float32))
         self._run()
-        if self.record is None:
+        if shareable:
             self.model.left_padding[self.delay] = self._snapshot()
             if on_disk is not None:
                 padcache.save(on_disk, self.model.left_padding[self.delay])
