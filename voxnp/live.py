@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from .audio import MODEL_RATE, int16_round_trip
+from .audio import MODEL_RATE, int16_round_trip, s16le_to_float
 from .errors import VoxnpError
 from .stream import Stream
 
@@ -41,10 +41,10 @@ class PcmDecoder:
         data = self._carry + data
         usable = len(data) - len(data) % self.frame_bytes
         self._carry = data[usable:]
-        dtype = "<f4" if self.float32 else "<i2"
-        x = np.frombuffer(data[:usable], dtype=dtype).astype(np.float32)
-        if not self.float32:
-            x /= np.float32(32768.0)
+        if self.float32:
+            x = np.frombuffer(data[:usable], dtype="<f4").astype(np.float32)
+        else:
+            x = s16le_to_float(data[:usable])
         if self.channels > 1:
             x = x.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
         if self._resampler is not None:
