@@ -85,4 +85,4 @@ def decode(inputs: np.ndarray, state: DecoderState, w: DecoderWeights, cfg: Mode
         h = decoder_layer(h, layer, cache, positions, scale, cfg, ops, inv_freq)
     state.n_positions += T
     last = ops.rms_norm(h[-1:], w.norm, cfg.decoder.norm_eps)                 # [1, 3072]
-    return ops.linear(last, w.tok_embeddings)[0]                             # [131072] tied head
+    return ops.linear(last, w.lm_head)[0]                                    # [131072] tied head

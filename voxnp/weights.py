@@ -171,9 +171,15 @@ class DecoderLayerWeights:
 
 @dataclass(frozen=True)
 class DecoderWeights:
-    tok_embeddings: np.ndarray  # [131072, 3072], also the LM head (tied)
+    tok_embeddings: np.ndarray  # [131072, 3072] BF16: the embedding table
     layers: tuple[DecoderLayerWeights, ...]
     norm: np.ndarray            # [3072]
+    lm_head: object = None      # [131072, 3072] the tied LM head: tok_embeddings itself for
+                                # BF16, a quantized copy for int8/q4 (see quant.py)
+
+    def __post_init__(self):
+        if self.lm_head is None:
+            object.__setattr__(self, "lm_head", self.tok_embeddings)
 
 
 @dataclass(frozen=True)
