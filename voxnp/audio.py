@@ -17,6 +17,7 @@ from .errors import VoxnpError
 
 MODEL_RATE = 16000  # Hz; the model's sampling rate (params.json audio_encoding_args)
 MIN_SAMPLES = MODEL_RATE * 10 // 1000  # 160 = one 10 ms mel hop; shorter input is rejected
+RAW_EXTENSIONS = (".raw", ".pcm", ".s16le")  # headerless s16le 16 kHz mono, as ffmpeg -f s16le writes
 
 
 def int16_round_trip(x: np.ndarray) -> np.ndarray:
@@ -51,8 +52,13 @@ def prepare(samples: np.ndarray, rate: int) -> np.ndarray:
     return int16_round_trip(x)
 
 
-def load_audio(path: str | Path) -> np.ndarray:
-    """Read an audio file (WAV/FLAC/OGG/MP3 via soundfile, else ffmpeg) -> float32 16 kHz mono."""
+def load_audio(path: str | Path, raw: bool = False) -> np.ndarray:
+    """Read an audio file -> float32 16 kHz mono.
+
+    WAV/FLAC/OGG/MP3 go through soundfile, other containers through ffmpeg. A name
+    ending in RAW_EXTENSIONS (any case), or any name when `raw` is true, is headerless
+    signed 16-bit little-endian PCM, mono at 16 kHz.
+    """
     import soundfile as sf
 
     path = Path(path)
@@ -64,12 +70,15 @@ def load_audio(path: str | Path) -> np.ndarray:
         open(path, "rb").close()  # soundfile reports a permission problem as an unknown format
     except OSError as e:
         raise VoxnpError(f"{path}: cannot read ({e.strerror or e})") from None
-    try:
-        x, rate = sf.read(path, dtype="float32", always_2d=False)
-    except sf.LibsndfileError as e:
-        x, rate = _decode_with_ffmpeg(path, str(e))
-    except OSError as e:
-        raise VoxnpError(f"{path}: cannot read ({e.strerror or e})") from None
+    if raw or path.suffix.lower() in RAW_EXTENSIONS:
+        x, rate = read_raw(path), MODEL_RATE
+    else:
+        try:
+            x, rate = sf.read(path, dtype="float32", always_2d=False)
+        except sf.LibsndfileError as e:
+            x, rate = _decode_with_ffmpeg(path, str(e))
+        except OSError as e:
+            raise VoxnpError(f"{path}: cannot read ({e.strerror or e})") from None
     if x.size == 0:
         raise VoxnpError(f"{path}: contains no audio samples")
     if not np.all(np.isfinite(x)):
@@ -79,6 +88,18 @@ def load_audio(path: str | Path) -> np.ndarray:
         raise VoxnpError(f"{path}: too short ({len(x)} samples at {MODEL_RATE} Hz, "
                          f"need at least {MIN_SAMPLES} = 10 ms)")
     return x
+
+
+def read_raw(path: Path) -> np.ndarray:
+    """A headerless s16le 16 kHz mono file -> float32 samples (2 bytes per sample)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise VoxnpError(f"{path}: cannot read ({e.strerror or e})") from None
+    if len(data) % 2:
+        raise VoxnpError(f"{path}: odd byte count ({len(data)} bytes); raw s16le audio "
+                         "has 2 bytes per sample")
+    return s16le_to_float(data)
 
 
 def _decode_with_ffmpeg(path: Path, why: str) -> tuple[np.ndarray, int]:

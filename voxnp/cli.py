@@ -1,25 +1,343 @@
-"""The `voxnp` command (python-fire): a thin layer over the Python API.
+"""The `voxnp` command: one table of commands and options, read here, run by python-fire.
 
     voxnp FILE [FILE...]          transcribe files (text streams to stdout)
     voxnp --stdin                 transcribe WAV or raw s16le 16 kHz mono from stdin
     voxnp --from-mic              transcribe the microphone (needs `sounddevice`)
+    voxnp -d DIR -i FILE          voxtral.c's command line
     voxnp dump MODEL AUDIO OUT    write every intermediate to an .npz
     voxnp download [--dir DIR]    fetch the published model
     voxnp inspect MODEL           list tensors, configuration and problems
     voxnp checkpoint OUT          write a random-weight model (tests, benchmarks)
+
+Every command and option is one entry in COMMANDS. `parse` reads a command line with
+that table (flags in any position, switches that never take a file name, voxtral.c's
+spellings) and `usage` writes the help from it. Fire then runs the command on a line it
+cannot misread: every value written as a Python literal ('a.wav', --silent=True).
 
 The model directory comes from --model, else $VOXNP_MODEL, else ./voxtral-model,
 else the download location (`voxnp download --help`).
 """
 from __future__ import annotations
 
+import importlib
+import math
 import os
 import sys
+import textwrap
 import time
+from dataclasses import dataclass
 
+from .backend import BACKENDS
+from .checkpoint import PRESETS
 from .errors import VoxnpError
+from .formats import FORMATS
 
-FLAG_ALIASES = {"-I": "--interval", "--no-tensors": "--notensors"}  # voxtral.c's spelling; fire's
+
+# ---------------------------------------------------------------------------
+# the table
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: `--name` (underscores written as dashes) and its other spellings."""
+    name: str                        # the parameter of the command's function
+    default: object                  # its value when the option is not given
+    help: str
+    kind: str = "value"              # "value": takes one argument | "switch": takes none |
+                                     # "input": takes a file, added to the command's files
+    type: type = str                 # how a value is read: str, int or float
+    short: tuple[str, ...] = ()      # other spellings, e.g. voxtral.c's "-d"
+    metavar: str = "VALUE"
+    choices: tuple = ()              # the allowed values, when they are a list
+    low: float | None = None         # the allowed range of a number, inclusive
+    high: float | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str                        # "" for the default command (transcribe)
+    function: str                    # "module:function" in voxnp, imported when it runs
+    summary: str
+    arguments: tuple[tuple[str, str], ...]  # (NAME, help); "NAME..." takes any number
+    options: tuple[Option, ...]
+
+    @property
+    def title(self) -> str:
+        return f"voxnp {self.name}".strip()
+
+
+def _model(help_text: str) -> Option:
+    return Option("model", None, help_text, short=("-d", "-m"), metavar="DIR")
+
+
+BACKEND = Option("backend", "auto", "compute backend", choices=BACKENDS, metavar="NAME")
+THREADS = Option("threads", None, "CPU threads (default: $VOXNP_THREADS, else all cores)",
+                 type=int, low=1, metavar="N")
+DELAY = Option("delay", None, "transcription delay in ms, 80..2400 in steps of 80 (default: 480)",
+               type=float, metavar="MS")
+RAW = Option("raw", False, "read every audio file as raw s16le 16 kHz mono, whatever its name "
+             "(names ending in .raw, .pcm or .s16le always are)", kind="switch")
+
+TRANSCRIBE = Command(
+    "", "cli:transcribe", "transcribe audio files, standard input or the microphone",
+    (("FILE...", "audio files or directories of them: WAV, FLAC, OGG, MP3 (other containers "
+                 "through ffmpeg); .raw, .pcm and .s16le files are s16le 16 kHz mono"),),
+    (
+        _model("model directory (default: $VOXNP_MODEL, else ./voxtral-model, else the "
+               "download location)"),
+        Option("input", None, "an audio file, as voxtral.c's -i; the same as giving FILE "
+               "(may be repeated)", kind="input", short=("-i",), metavar="FILE"),
+        Option("stdin", False, "read WAV (auto-detected) or raw s16le 16 kHz mono from "
+               "standard input, as it arrives", kind="switch"),
+        Option("from_mic", False, "transcribe the default microphone until Ctrl-C (needs "
+               "`sounddevice`)", kind="switch"),
+        RAW,
+        DELAY,
+        Option("interval", 2.0, "with --stdin and --from-mic: seconds of new audio gathered "
+               "before the network runs; smaller is lower latency, more overhead", type=float, short=("-I",),
+               low=0.0, metavar="SECONDS"),
+        Option("alt", None, "show alternatives [best|alt|...] whose probability is within this "
+               "cutoff of the best, e.g. 0.5", type=float, low=0.0, high=1.0, metavar="C"),
+        Option("format", "txt", "output format", choices=FORMATS, metavar="FORMAT"),
+        Option("output_dir", None, "write one FORMAT file per input here (named after it) "
+               "instead of stdout", metavar="DIR"),
+        THREADS,
+        BACKEND,
+        Option("silent", False, "print only the transcript: no timing line, no progress",
+               kind="switch"),
+        Option("debug", False, "print per-stage details to stderr", kind="switch"),
+    ))
+
+COMMANDS = {c.name: c for c in (
+    TRANSCRIBE,
+    Command("dump", "cli:dump", "write float32 mel, enc, audio_embeds, logits and int32 tokens "
+            "of one file to an .npz (written atomically)",
+            (("MODEL", "model directory"), ("AUDIO", "audio file"), ("OUT", "output .npz path")),
+            (Option("steps", None, "stop after this many tokens", type=int, low=0, metavar="K"),
+             Option("teacher", None, ".npy of token ids fed as the previous tokens instead of "
+                    "the argmax", metavar="IDS.npy"),
+             DELAY, RAW, THREADS, BACKEND)),
+    Command("download", "download:download_command", "fetch the published model files (8.9 GB)",
+            (),
+            (Option("dir", None, "directory to download into (default: $VOXNP_HOME/"
+                    "Voxtral-Mini-4B-Realtime-2602, else ~/.cache/voxnp/"
+                    "Voxtral-Mini-4B-Realtime-2602, where voxnp finds it by itself)",
+                    metavar="DIR"),)),
+    Command("inspect", "inspect:inspect_command", "list a model's tensors, totals, configuration "
+            "and problems (exit status 1 when there is a problem)",
+            (("MODEL", "model directory"),),
+            (Option("tensors", True, "list every tensor", kind="switch"),
+             Option("json", False, "print the whole report as JSON", kind="switch"))),
+    Command("checkpoint", "cli:checkpoint", "write a random-weight model directory in the "
+            "published format (tests, benchmarks)",
+            (("OUT", "output directory"),),
+            (Option("preset", "tiny", "size (full is ~8.9 GB)", choices=tuple(PRESETS), metavar="NAME"),
+             Option("seed", 0, "random seed", type=int, metavar="N"),
+             Option("overwrite", False, "replace an existing directory", kind="switch"))),
+)}
+
+HELP_FLAGS, VERSION_FLAG = ("-h", "--help"), "--version"
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+# ---------------------------------------------------------------------------
+# reading a command line with the table
+
+
+@dataclass
+class Request:
+    command: Command
+    arguments: list[str]             # the positional arguments, -i files included, in order
+    values: dict                     # every option's value, defaults filled in
+    show: str = ""                   # "help" or "version" instead of running
+
+
+def find_option(command: Command, flag: str) -> tuple[Option | None, bool]:
+    """The option a flag names, and whether it was negated (--no-NAME)."""
+    if flag.startswith("--"):
+        flag = flag.replace("_", "-")
+    for opt in command.options:
+        if flag == opt.flag or flag in opt.short:
+            return opt, False
+        if opt.kind == "switch" and flag == "--no-" + opt.flag[2:]:
+            return opt, True
+    return None, False
+
+
+def parse(argv: list[str]) -> Request:
+    """A command line -> the command, its arguments and every option's value.
+
+    Options may come before, between or after the arguments; a value option takes the
+    next word (or `=VALUE`), a switch never does (`--silent=false` sets it). After `--`
+    every word is an argument.
+    """
+    if argv and argv[0] and argv[0] in COMMANDS:
+        command, words = COMMANDS[argv[0]], argv[1:]
+    else:
+        command, words = TRANSCRIBE, list(argv)
+    request = Request(command, [], {o.name: o.default for o in command.options if o.kind != "input"})
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if word == "--":
+            request.arguments += words[i:]
+            break
+        if word == "-" or not word.startswith("-"):
+            request.arguments.append(word)
+            continue
+        flag, has_value, text = word.partition("=")
+        if flag in HELP_FLAGS or flag == VERSION_FLAG:
+            request.show = request.show or ("help" if flag in HELP_FLAGS else "version")
+            continue
+        opt, negated = find_option(command, flag)
+        if opt is None:
+            raise VoxnpError(f"unknown option {flag} (see {command.title} --help)")
+        if opt.kind == "switch":
+            if negated and has_value:
+                raise VoxnpError(f"{flag} takes no value")
+            request.values[opt.name] = switch_value(flag, text) if has_value else not negated
+            continue
+        if not has_value:
+            if i == len(words):
+                raise VoxnpError(f"{flag} needs a value ({opt.metavar})")
+            text = words[i]
+            i += 1
+        if opt.kind == "input":
+            request.arguments.append(text)
+        else:
+            request.values[opt.name] = read_value(opt, flag, text)
+    if not request.show:
+        check_arguments(command, request.arguments)
+    return request
+
+
+def switch_value(flag: str, text: str) -> bool:
+    if text.lower() in TRUE_WORDS:
+        return True
+    if text.lower() in FALSE_WORDS:
+        return False
+    raise VoxnpError(f"{flag} is a switch: {flag}=true or {flag}=false, not {text!r}")
+
+
+def read_value(opt: Option, flag: str, text: str):
+    """One option's value, converted and checked against the table."""
+    value = text
+    if opt.type in (int, float):
+        what = "an integer" if opt.type is int else "a number"
+        try:
+            value = opt.type(text)
+        except ValueError:
+            raise VoxnpError(f"{flag} must be {what}, got {text!r}") from None
+        if math.isnan(value):
+            raise VoxnpError(f"{flag} must be {what}, got {text!r}")
+    if opt.choices and value not in opt.choices:
+        raise VoxnpError(f"unknown {flag} '{text}' (choose from {', '.join(opt.choices)})")
+    too_low = opt.low is not None and value < opt.low
+    too_high = opt.high is not None and value > opt.high
+    if too_low or too_high:
+        if opt.low is not None and opt.high is not None:
+            allowed = f"between {opt.low:g} and {opt.high:g}"
+        else:
+            allowed = f"at least {opt.low:g}" if too_low else f"at most {opt.high:g}"
+        raise VoxnpError(f"{flag} must be {allowed}, got {text}")
+    return value
+
+
+def check_arguments(command: Command, arguments: list[str]) -> None:
+    names = [name for name, _ in command.arguments]
+    if any(name.endswith("...") for name in names):
+        return
+    if len(arguments) != len(names):
+        expected = " ".join(names) if names else "no arguments"
+        got = f"got {len(arguments)}" + (f": {' '.join(arguments)}" if arguments else "")
+        raise VoxnpError(f"{command.title} takes {expected} ({got}; see {command.title} --help)")
+
+
+def fire_literal(value) -> str:
+    """A value as fire reads it back exactly: a Python literal."""
+    if isinstance(value, float) and math.isinf(value):
+        return "1e999" if value > 0 else "-1e999"  # what literal_eval reads as +-inf
+    return repr(value)
+
+
+def run(request: Request) -> None:
+    """Call the command's function through fire, every value written as a literal."""
+    import fire
+
+    module, name = request.command.function.split(":")
+    function = getattr(importlib.import_module(f"voxnp.{module}"), name)
+    line = [fire_literal(a) for a in request.arguments]
+    line += [f"--{k}={fire_literal(v)}" for k, v in request.values.items()]
+    fire.Fire(function, command=line, name=request.command.title)
+
+
+# ---------------------------------------------------------------------------
+# help, from the same table
+
+HELP_WIDTH, LEFT = 100, 28
+
+
+def _entry(left: str, text: str) -> str:
+    lines = textwrap.wrap(text, HELP_WIDTH - LEFT, break_on_hyphens=False) or [""]
+    if len(left) > LEFT - 4:
+        return f"  {left}\n" + "".join(" " * LEFT + line + "\n" for line in lines)
+    out = f"  {left:<{LEFT - 2}}{lines[0]}\n"
+    return out + "".join(" " * LEFT + line + "\n" for line in lines[1:])
+
+
+def option_help(opt: Option) -> tuple[str, str]:
+    spellings = ", ".join(opt.short + (opt.flag,))
+    left = spellings if opt.kind == "switch" else f"{spellings} {opt.metavar}"
+    text = opt.help
+    if opt.choices:
+        text += f": {' | '.join(map(str, opt.choices))}"
+    if opt.kind == "switch" and opt.default is True:
+        text += f" (default: on; --no-{opt.flag[2:]} turns it off)"
+    elif opt.default is not None and opt.default is not False:
+        text += f" (default: {opt.default})"
+    return left, text
+
+
+def usage(command: Command) -> str:
+    args = " ".join(name for name, _ in command.arguments)
+    if command is TRANSCRIBE:
+        out = ("usage: voxnp [options] FILE...      transcribe audio files\n"
+               "       voxnp [options] --stdin      transcribe standard input\n"
+               "       voxnp [options] --from-mic   transcribe the microphone\n"
+               "       voxnp COMMAND ...            see commands below (voxnp COMMAND --help)\n\n"
+               "Voxtral Realtime 4B speech-to-text on the CPU. Text streams to stdout; the timing "
+               "line and\nerrors go to stderr. Options may come before or after the files.\n")
+    else:
+        out = f"usage: {' '.join(filter(None, (command.title, args)))} [options]\n\n" + textwrap.fill(
+            command.summary[0].upper() + command.summary[1:] + ".", HELP_WIDTH) + "\n"
+    if command.arguments:
+        out += "\narguments:\n" + "".join(_entry(name, text) for name, text in command.arguments)
+    out += "\noptions:\n" + "".join(_entry(*option_help(o)) for o in command.options)
+    out += _entry(", ".join(HELP_FLAGS), "show this help and exit")
+    out += _entry(VERSION_FLAG, "show the version and exit")
+    if command is TRANSCRIBE:
+        out += "\ncommands:\n"
+        for c in COMMANDS.values():
+            if c.name:
+                out += _entry(f"{c.name} {' '.join(n for n, _ in c.arguments)}".strip(), c.summary)
+        out += ("\nvoxtral.c's command line works as it is: voxnp -d voxtral-model -i audio.wav "
+                "[-I 0.5] [--alt 0.5]\n[--stdin | --from-mic] [--silent | --debug].\n")
+    return out
+
+
+def version() -> str:
+    from . import __version__
+
+    return f"voxnp {__version__}\n"
+
+
+# ---------------------------------------------------------------------------
+# the commands
 
 
 class Printer:
@@ -32,7 +350,10 @@ class Printer:
     def token(self, token) -> None:
         text = token.text
         if self.alt and len(token.alternatives) > 1 and text:
-            text = "[" + "|".join(a for a, _ in token.alternatives) + "]"
+            names = [name for name, _ in token.alternatives]
+            if not self.started:
+                names[0] = names[0].lstrip()  # as voxtral.c: the transcript starts without a space
+            text = "[" + "|".join(names) + "]"
         if not text:
             return
         if not self.started:
@@ -46,17 +367,6 @@ class Printer:
             sys.stdout.write("\n")
             sys.stdout.flush()
         self.started = False
-
-
-def number_option(flag: str, value, low: float, high: float) -> float:
-    """A numeric option checked against its range, else a one-line error."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise VoxnpError(f"{flag} must be a number, got {value!r}") from None
-    if not low <= x <= high:
-        raise VoxnpError(f"{flag} must be between {low:g} and {high:g}, got {x:g}")
-    return x
 
 
 def log(msg: str) -> None:
@@ -73,41 +383,19 @@ def timing_line(load_s: float, t) -> str:
             f"{real_time_factor(t):.2f}x real time")
 
 
-def transcribe(*files, model=None, stdin=False, from_mic=False, delay=None, interval=2.0,
-               alt=None, format="txt", output_dir=None, threads=None, backend="auto",
-               silent=False, debug=False):
-    """Transcribe audio files, stdin or the microphone with Voxtral Realtime 4B.
-
-    Other commands: `voxnp dump`, `voxnp download`, `voxnp inspect`, `voxnp checkpoint`
-    (each has --help).
-
-    Args:
-      files: audio files or directories of them (WAV, FLAC, OGG, MP3; others through ffmpeg)
-      model: model directory (default: $VOXNP_MODEL, ./voxtral-model, download location)
-      stdin: read WAV (auto-detected) or raw s16le 16 kHz mono from standard input
-      from_mic: transcribe the default microphone until Ctrl-C (needs `sounddevice`)
-      delay: transcription delay in ms, 80..2400 in steps of 80 (default 480)
-      interval: seconds of new audio between runs of the network when streaming (-I)
-      alt: show alternatives [best|alt|...] within this probability cutoff, e.g. 0.5
-      format: txt | json | srt | vtt
-      output_dir: write one FORMAT file per input here (named after it) instead of stdout
-      threads: CPU threads (default $VOXNP_THREADS or all cores)
-      backend: auto | numba | numpy | cupy
-      silent: print only the transcript (no timing line, no progress)
-      debug: print per-stage details to stderr
-    """
+def transcribe(*files, model, stdin, from_mic, raw, delay, interval, alt, format, output_dir,
+               threads, backend, silent, debug):
+    """Transcribe audio files, stdin or the microphone (options: TRANSCRIBE above)."""
     from . import model as model_mod
-    from .formats import FORMATS, expand_inputs
+    from .formats import expand_inputs
 
     if not files and not stdin and not from_mic:
         raise VoxnpError("no input: give audio files, --stdin or --from-mic (see voxnp --help)")
-    interval = number_option("--interval", interval, 0.0, float("inf"))
-    alt = None if alt is None else number_option("--alt", alt, 0.0, 1.0)
-    if format not in FORMATS:
-        raise VoxnpError(f"unknown --format '{format}' (choose from {', '.join(FORMATS)})")
+    if bool(files) + stdin + from_mic > 1:
+        raise VoxnpError("audio files (FILE, -i), --stdin and --from-mic are mutually exclusive")
     if output_dir is not None:
         try:
-            os.makedirs(str(output_dir), exist_ok=True)
+            os.makedirs(output_dir, exist_ok=True)
         except OSError as e:
             raise VoxnpError(f"{output_dir}: cannot create output directory ({e.strerror})") from None
     t0 = time.perf_counter()
@@ -129,7 +417,7 @@ def transcribe(*files, model=None, stdin=False, from_mic=False, delay=None, inte
     failed = 0
     for path in expand_inputs(files):
         try:
-            transcribe_one(m, path, format, output_dir, options, silent, load_s)
+            transcribe_one(m, path, raw, format, output_dir, options, silent, load_s)
         except VoxnpError as e:
             log(f"voxnp: error: {e}")
             failed += 1
@@ -138,14 +426,14 @@ def transcribe(*files, model=None, stdin=False, from_mic=False, delay=None, inte
     return None
 
 
-def transcribe_one(m, path, fmt, output_dir, options, silent, load_s):
+def transcribe_one(m, path, raw, fmt, output_dir, options, silent, load_s):
     """One input: text streams to stdout (txt), or a document goes to stdout or a file."""
     from .audio import load_audio
     from .formats import output_path, render, write_atomic
     from .progress import Progress
-    from .stream import transcribe as run
+    from .stream import transcribe as run_stream
 
-    audio = load_audio(path)
+    audio = load_audio(path, raw=raw)
     duration = len(audio) / m.config.audio.sampling_rate
     streaming_text = fmt == "txt" and output_dir is None
     printer = Printer(alt=options["alt"] is not None)
@@ -157,7 +445,7 @@ def transcribe_one(m, path, fmt, output_dir, options, silent, load_s):
             progress.update(token.time)
 
         try:
-            result = run(m, audio, on_token=on_token, **options)
+            result = run_stream(m, audio, on_token=on_token, **options)
         finally:
             printer.end()
     if not streaming_text:
@@ -174,24 +462,13 @@ def transcribe_one(m, path, fmt, output_dir, options, silent, load_s):
         log(f"{path}: {timing_line(load_s, result.timings)}")
 
 
-def dump(model, audio, out, steps=None, teacher=None, delay=None, backend="auto", threads=None):
-    """Write float32 mel, enc, audio_embeds, logits and int32 tokens of one file to an .npz.
-
-    Args:
-      model: model directory
-      audio: audio file
-      out: output .npz path (written atomically)
-      steps: stop after this many tokens
-      teacher: .npy of token ids fed as the previous tokens instead of the argmax
-      delay: transcription delay in ms (default 480)
-    """
+def dump(model, audio, out, *, steps, teacher, delay, raw, threads, backend):
+    """Write every intermediate of one transcription to an .npz (options: COMMANDS["dump"])."""
     from . import model as model_mod
     from .audio import load_audio
     from .dump import check_output, dump_arrays, read_teacher, write_npz_atomic
 
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
-        raise VoxnpError(f"--steps must be a non-negative integer, got {steps!r}")
-    check_output(str(out))
+    check_output(out)
     m = model_mod.load(model, backend=backend, threads=threads)
     ids = None
     if teacher is not None:
@@ -199,66 +476,32 @@ def dump(model, audio, out, steps=None, teacher=None, delay=None, backend="auto"
         bad = ids[(ids < 0) | (ids >= m.config.decoder.vocab_size)]
         if len(bad):
             raise VoxnpError(f"{teacher}: token id {int(bad[0])} outside the vocabulary (0..{m.config.decoder.vocab_size - 1})")
-    arrays = dump_arrays(m, load_audio(str(audio)), delay_ms=delay, steps=steps, teacher=ids)
-    write_npz_atomic(str(out), arrays)
+    arrays = dump_arrays(m, load_audio(audio, raw=raw), delay_ms=delay, steps=steps, teacher=ids)
+    write_npz_atomic(out, arrays)
     log(f"wrote {out}: " + ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items()))
 
 
-def checkpoint(out, preset="tiny", seed=0, overwrite=False):
-    """Write a random-weight model directory in the published format.
+def checkpoint(out, *, preset, seed, overwrite):
+    """Write a random-weight model directory (options: COMMANDS["checkpoint"])."""
+    from .checkpoint import write_checkpoint
 
-    Args:
-      out: output directory
-      preset: tiny | tiny-window | full (full is ~8.9 GB)
-      seed: random seed
-      overwrite: replace an existing directory
-    """
-    from .checkpoint import PRESETS, write_checkpoint
-
-    if preset not in PRESETS:
-        raise VoxnpError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
-    write_checkpoint(str(out), preset=preset, seed=int(seed), overwrite=bool(overwrite))
+    try:
+        write_checkpoint(out, preset=preset, seed=seed, overwrite=overwrite)
+    except (FileExistsError, RuntimeError, OSError) as e:
+        raise VoxnpError(str(e)) from None
     log(f"wrote {out} ({preset})")
 
 
-COMMANDS = {"dump": dump, "checkpoint": checkpoint}
-
-
-def _extra_commands():
-    from . import download as download_mod
-    from . import inspect as inspect_mod
-
-    return {"download": download_mod.download_command, "inspect": inspect_mod.inspect_command}
-
-
-def check_flags(component, argv: list[str]) -> None:
-    """Reject an unknown --flag before any work (fire would only notice at the end)."""
-    import inspect
-
-    known = set(inspect.signature(component).parameters)
-    for arg in argv:
-        if arg == "--":
-            break
-        if not arg.startswith("--") or arg in ("--help", "--helpfull"):
-            continue
-        name = arg[2:].split("=", 1)[0].replace("-", "_")
-        if name not in known and not (name.startswith("no") and name[2:] in known):
-            raise VoxnpError(f"unknown option {arg.split('=', 1)[0]} (see voxnp --help)")
-
-
 def main(argv=None) -> int:
-    import fire
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    argv = [FLAG_ALIASES.get(a, a) for a in argv]
-    commands = dict(COMMANDS, **_extra_commands())
-    if argv and argv[0] in commands:
-        name, component, rest = argv[0], commands[argv[0]], argv[1:]
-    else:
-        name, component, rest = None, transcribe, argv
     try:
-        check_flags(component, rest)
-        fire.Fire(component, command=rest, name=f"voxnp {name}" if name else "voxnp")
+        request = parse(argv)
+        if request.show == "help":
+            sys.stdout.write(usage(request.command))
+        elif request.show == "version":
+            sys.stdout.write(version())
+        else:
+            run(request)
     except VoxnpError as e:
         log(f"voxnp: error: {e}")
         return 1
@@ -271,4 +514,3 @@ def main(argv=None) -> int:
         log("voxnp: interrupted")
         return 130
     return 0
-

@@ -3,6 +3,9 @@
 Ids below `n_special` (1000) are control tokens and print nothing; id >= 1000 is the
 base64 `token_bytes` of vocab[id - 1000]. A character may be split across tokens, so
 `TextDecoder` holds back an incomplete UTF-8 sequence until its last byte arrives.
+For display of alternatives, `printable` shows bytes that are not valid UTF-8 on their
+own as `<0xNN>` instead of U+FFFD, and `TextDecoder.peek` merges a candidate with the
+bytes held back before it.
 """
 from __future__ import annotations
 
@@ -64,6 +67,33 @@ class TextDecoder:
     def flush(self) -> str:
         """End of text: whatever is held back is emitted (as U+FFFD if incomplete)."""
         return self._utf8.decode(b"", final=True)
+
+    @property
+    def held(self) -> bytes:
+        """The start of a character still waiting for its last bytes."""
+        return self._utf8.getstate()[0]
+
+    def peek(self, token_id: int) -> str:
+        """What `token_id` would show if it came next, for display: the held-back bytes
+        and the token's own, every byte that does not complete a character as <0xNN>.
+        Nothing changes: the decoder is as before."""
+        if self.tokenizer.is_special(token_id):
+            return self.tokenizer.token_name(token_id)
+        return printable(self.held + self.tokenizer.token_bytes(token_id))
+
+
+def printable(data: bytes) -> str:
+    """Bytes as text for display: UTF-8 where valid, any other byte as <0xNN>."""
+    out = []
+    while data:
+        try:
+            out.append(data.decode("utf-8"))
+            break
+        except UnicodeDecodeError as e:
+            out.append(data[:e.start].decode("utf-8"))
+            out.extend(f"<0x{b:02X}>" for b in data[e.start:e.end])
+            data = data[e.end:]
+    return "".join(out)
 
 
 def read_tekken(path: Path) -> dict:
