@@ -22,6 +22,7 @@ setup(
     packages=find_packages(include=["voxnp", "voxnp.*"]),
     ext_modules=cythonize(
         [Extension("voxnp._kernels", ["voxnp/_kernels.pyx"], extra_compile_args=FLAGS,
+                   include_dirs=["voxnp"], depends=["voxnp/_bf16.h", "voxnp/_quant.h"],
                    extra_link_args=["-fopenmp"])],
         compiler_directives={"language_level": "3"},
     ),

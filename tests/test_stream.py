@@ -62,7 +62,7 @@ def test_long_audio_wraps_every_ring(window_model):
     offline = dump_arrays(window_model, audio)
     s = run_stream(window_model, audio, random_chunks(len(audio), 4, 20000))
     assert s._enc.caches[0].length > 10 * s._enc.caches[0].capacity
-    assert s._dec.caches[0].length > 5 * s._dec.caches[0].capacity
+    assert s._dec.caches[0].length > 3 * s._dec.caches[0].capacity   # window + prompt-sized spare
     np.testing.assert_array_equal([t.id for t in s.tokens], offline["tokens"])
 
 

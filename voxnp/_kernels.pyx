@@ -8,43 +8,13 @@ of time it needs no JIT warm-up (cold start), and GCC vectorises the widening
 faster than the Numba version of the same loop (bench/ reports the bandwidth).
 """
 from cython.parallel cimport prange
-from libc.stdint cimport uint16_t, uint32_t
-from libc.string cimport memcpy
+from libc.stdint cimport int64_t, uint16_t, uint32_t
 
 
-cdef inline float bf16_to_float(uint16_t bits) noexcept nogil:
-    """A BF16 value is the upper half of a float32: shift it into place, reinterpret."""
-    cdef uint32_t u = (<uint32_t>bits) << 16
-    cdef float f
-    memcpy(&f, &u, 4)
-    return f
-
-
-cdef inline float dot_bf16(const uint16_t* w, const float* x, Py_ssize_t k) noexcept nogil:
-    cdef float acc = 0
-    cdef Py_ssize_t j
-    for j in range(k):
-        acc += bf16_to_float(w[j]) * x[j]
-    return acc
-
-
-cdef enum:
-    ROWS = 8                            # rows per block: 8 weight streams in flight at once
-
-
-cdef void dot_rows(const uint16_t* w, Py_ssize_t k, const float* x, float* y) noexcept nogil:
-    """y[i] = W[i] . x for the ROWS consecutive rows at w (each x[j] loaded once)."""
-    cdef float acc[ROWS]
-    cdef Py_ssize_t i, j
-    cdef float xj
-    for i in range(ROWS):
-        acc[i] = 0
-    for j in range(k):
-        xj = x[j]
-        for i in range(ROWS):
-            acc[i] += bf16_to_float(w[i * k + j]) * xj
-    for i in range(ROWS):
-        y[i] = acc[i]
+cdef extern from "_bf16.h" nogil:
+    int BF16_BLOCK
+    void bf16_rows(const uint16_t* w, int64_t k, int64_t r0, int64_t r1,
+                   const float* x, int64_t M, float* y, int64_t n)
 
 
 cdef Py_ssize_t PARALLEL_MIN_WEIGHTS = 1 << 18   # 512 KiB of BF16
@@ -53,15 +23,16 @@ cdef Py_ssize_t PARALLEL_MIN_WEIGHTS = 1 << 18   # 512 KiB of BF16
 def matmul_bf16(const uint16_t[:, ::1] w, const float[:, ::1] x, float[:, ::1] y, int threads=0):
     """y[m, r] = sum_j float32(W[r, j]) * x[m, j]: BF16 bits W [n, k], x [M, k], y [M, n].
 
-    For few rows of x (a decoder step has one): the weights are streamed from memory
-    once, widened in registers. Rows of W go in blocks of 8 (eight memory streams in
-    flight per core: measured +25% bandwidth over one row at a time); a block stays in
-    L1/L2 while it meets every row of x. Blocks are split across `threads` OpenMP
-    threads (one thread for matrices under 256 K weights, where waking threads costs
-    more than it saves).
+    For few rows of x (a decoder step has one; speculation and batched streams up to 8):
+    the weights are streamed from memory once and widened in registers, and each block
+    of weight rows meets every row of x while it is in registers or L1 (see _bf16.h).
+    Each row's result is bit-identical to a call with that row alone, at any thread
+    count. Blocks of weight rows are split across `threads` OpenMP threads (one thread
+    for matrices under 256 K weights, where waking threads costs more than it saves).
     """
-    cdef Py_ssize_t n = w.shape[0], k = w.shape[1], M = x.shape[0], b, r, m
-    cdef Py_ssize_t n_blocks = n // ROWS
+    cdef Py_ssize_t n = w.shape[0], k = w.shape[1], M = x.shape[0], b
+    cdef Py_ssize_t rb = BF16_BLOCK
+    cdef Py_ssize_t n_blocks = (n + rb - 1) // rb
     if x.shape[1] != k or y.shape[0] != M or y.shape[1] != n:
         raise ValueError(f"matmul_bf16: W {n}x{k}, x {M}x{x.shape[1]}, y {y.shape[0]}x{y.shape[1]}")
     if n == 0 or M == 0:
@@ -73,8 +44,89 @@ def matmul_bf16(const uint16_t[:, ::1] w, const float[:, ::1] x, float[:, ::1] y
         threads = 1
     with nogil:
         for b in prange(n_blocks, schedule="static", num_threads=threads):
-            for m in range(M):
-                dot_rows(&w[b * ROWS, 0], k, &x[m, 0], &y[m, b * ROWS])
-        for r in range(n_blocks * ROWS, n):
-            for m in range(M):
-                y[m, r] = dot_bf16(&w[r, 0], &x[m, 0], k)
+            bf16_rows(&w[0, 0], k, b * rb, min(n, (b + 1) * rb), &x[0, 0], M, &y[0, 0], n)
+
+
+# --- quantized kernels (see _quant.h) ---
+from libc.stdint cimport int8_t, int32_t, uint8_t
+
+cdef extern from "_quant.h" nogil:
+    int Q8_BLOCK
+    int Q4K_BLOCK
+    int quant_have_avx2()
+    int q8_matmul(const int8_t* q, const float* scale, int64_t n, int64_t kp, const float* x,
+                  int64_t T, int64_t k, float* y, int threads, int portable)
+    int q4k_matmul(const uint8_t* qs, const uint8_t* meta, int64_t n, int64_t kp, const float* x,
+                   int64_t T, int64_t k, float* y, int threads, int portable)
+    void q8_dequantize(const int8_t* q, const float* scale, int64_t kp, int64_t k,
+                       int64_t r0, int64_t r1, float* out)
+    void q4k_dequantize(const uint8_t* qs, const uint8_t* meta, int64_t kp, int64_t k,
+                        int64_t r0, int64_t r1, float* out)
+
+
+def quant_cpu():
+    """Which quantized kernels this CPU runs: "avx2" or "portable"."""
+    return "avx2" if quant_have_avx2() else "portable"
+
+
+cdef int _check_rows(str what, Py_ssize_t n, Py_ssize_t kp, Py_ssize_t block, Py_ssize_t k,
+                     Py_ssize_t T, Py_ssize_t yT, Py_ssize_t yn) except -1:
+    if kp % block or not (kp - block < k <= kp) or yT != T or yn != n or T > 8:
+        raise ValueError(f"{what}: W {n}x{kp} (blocks of {block}), x {T}x{k}, y {yT}x{yn} (T <= 8)")
+    return 0
+
+
+def matmul_q8(const int8_t[:, ::1] q, const float[:, ::1] scale, const float[:, ::1] x, float[:, ::1] y,
+              int threads=0, bint portable=False):
+    """y [T, n] = x [T, k] times the int8 matrix (q [n, kp], scale [n, kp/128]); T <= 8.
+
+    quant.Int8.product by _quant.h: each row's result is the same whatever T and threads.
+    """
+    cdef Py_ssize_t n = q.shape[0], kp = q.shape[1], T = x.shape[0], k = x.shape[1]
+    cdef int rc
+    _check_rows("matmul_q8", n, kp, Q8_BLOCK, k, T, y.shape[0], y.shape[1])
+    if scale.shape[0] != n or scale.shape[1] != kp // Q8_BLOCK:
+        raise ValueError(f"matmul_q8: scale {scale.shape[0]}x{scale.shape[1]} for W {n}x{kp}")
+    if n == 0 or T == 0:
+        return
+    with nogil:
+        rc = q8_matmul(&q[0, 0], &scale[0, 0], n, kp, &x[0, 0], T, k, &y[0, 0], threads, portable)
+    if rc:
+        raise MemoryError()
+
+
+def matmul_q4k(const uint8_t[:, ::1] qs, const uint8_t[:, ::1] meta, const float[:, ::1] x, float[:, ::1] y,
+               int threads=0, bint portable=False):
+    """y [T, n] = x [T, k] times the q4k matrix (qs [n, kp/2], meta bytes [n, kp/256 * 24]); T <= 8."""
+    cdef Py_ssize_t n = qs.shape[0], kp = 2 * qs.shape[1], T = x.shape[0], k = x.shape[1]
+    cdef int rc
+    _check_rows("matmul_q4k", n, kp, Q4K_BLOCK, k, T, y.shape[0], y.shape[1])
+    if meta.shape[0] != n or meta.shape[1] != kp // Q4K_BLOCK * 24:
+        raise ValueError(f"matmul_q4k: meta {meta.shape[0]}x{meta.shape[1]} for W {n}x{kp}")
+    if n == 0 or T == 0:
+        return
+    with nogil:
+        rc = q4k_matmul(&qs[0, 0], &meta[0, 0], n, kp, &x[0, 0], T, k, &y[0, 0], threads, portable)
+    if rc:
+        raise MemoryError()
+
+
+def dequantize_q8(const int8_t[:, ::1] q, const float[:, ::1] scale, Py_ssize_t r0, Py_ssize_t r1,
+                  float[:, ::1] out):
+    """out[:r1-r0, :] = float32 rows r0..r1 of the int8 matrix (out [>= r1-r0, k])."""
+    if not (0 <= r0 <= r1 <= q.shape[0]) or out.shape[0] < r1 - r0 or not (q.shape[1] - Q8_BLOCK < out.shape[1] <= q.shape[1]):
+        raise ValueError("dequantize_q8: bad rows or output shape")
+    if r1 > r0 and out.shape[1]:
+        with nogil:
+            q8_dequantize(&q[0, 0], &scale[0, 0], q.shape[1], out.shape[1], r0, r1, &out[0, 0])
+
+
+def dequantize_q4k(const uint8_t[:, ::1] qs, const uint8_t[:, ::1] meta, Py_ssize_t r0, Py_ssize_t r1,
+                   float[:, ::1] out):
+    """out[:r1-r0, :] = float32 rows r0..r1 of the q4k matrix (out [>= r1-r0, k])."""
+    cdef Py_ssize_t kp = 2 * qs.shape[1]
+    if not (0 <= r0 <= r1 <= qs.shape[0]) or out.shape[0] < r1 - r0 or not (kp - Q4K_BLOCK < out.shape[1] <= kp):
+        raise ValueError("dequantize_q4k: bad rows or output shape")
+    if r1 > r0 and out.shape[1]:
+        with nogil:
+            q4k_dequantize(&qs[0, 0], &meta[0, 0], kp, out.shape[1], r0, r1, &out[0, 0])

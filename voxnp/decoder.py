@@ -19,11 +19,20 @@ from .weights import DecoderLayerWeights, DecoderWeights
 TIME_EMBEDDING_BASE = 10000.0  # SPEC §6.5: f_j = base^(-j / (D/2))
 
 
+MAX_ROWS = 8  # decoder rows per pass beyond the prompt: speculative positions and streams
+
+
 @dataclass
 class DecoderState:
-    caches: list[KVCache]     # one per layer, capacity = sliding window
+    caches: list[KVCache]     # one per layer, capacity = sliding window + spare slots
     ffn_scales: np.ndarray    # [n_layers, dim]  (1 + s) of ada-RMSNorm, fixed for the session
     n_positions: int = 0      # positions decoded so far
+
+    def truncate(self, n_positions: int) -> None:
+        """Take back the positions from n_positions on (rejected speculative drafts)."""
+        for cache in self.caches:
+            cache.truncate(n_positions)
+        self.n_positions = n_positions
 
     def snapshot(self) -> dict:
         return {"n_positions": self.n_positions, "caches": [c.snapshot() for c in self.caches]}
@@ -49,40 +58,68 @@ def new_decoder_state(cfg: ModelConfig, w: DecoderWeights, delay_tokens: int, op
     scales = np.stack([
         1.0 + ops.linear(ops.gelu(ops.linear(t_cond, layer.ada_down)), layer.ada_up)[0]  # [3072]
         for layer in w.layers]).astype(np.float32)                                   # [26, 3072]
-    caches = [KVCache(d.sliding_window, d.n_kv_heads, d.head_dim) for _ in range(d.n_layers)]
+    # keys are appended before attention reads them, so a pass of n rows needs n spare
+    # slots beyond the window: MAX_ROWS for steps, the prompt's L - 1 for the prefill
+    spare = max(MAX_ROWS, cfg.audio.n_left_pad_tokens + delay_tokens)
+    caches = [KVCache(d.sliding_window, d.n_kv_heads, d.head_dim, spare=spare)
+              for _ in range(d.n_layers)]
     return DecoderState(caches=caches, ffn_scales=scales)
 
 
-def decoder_layer(h: np.ndarray, w: DecoderLayerWeights, cache: KVCache, positions: np.ndarray,
-                  ffn_scale: np.ndarray, cfg: ModelConfig, ops, inv_freq: np.ndarray) -> np.ndarray:
-    """SPEC §6.1-6.6 for T positions. h [T, 3072] -> [T, 3072]."""
+def decoder_layer(h: np.ndarray, w: DecoderLayerWeights, i: int, states: list[DecoderState],
+                  rows: list[slice], positions: np.ndarray, cfg: ModelConfig, ops,
+                  inv_freq: np.ndarray) -> np.ndarray:
+    """SPEC §6.1-6.6 for layer i over R rows: rows[s] are sequence s's new positions.
+
+    The linear layers see all rows at once (one read of the weights); attention and the
+    delay-scaled norm are per sequence. h [R, 3072] -> [R, 3072].
+    """
     d = cfg.decoder
-    T = h.shape[0]
+    R = h.shape[0]
     # 1-4. attention with grouped KV heads: h += wo(attn(rope(q), rope(k), v))
-    x = ops.rms_norm(h, w.attention_norm, d.norm_eps)                        # [T, 3072]
-    q = ops.linear(x, w.wq).reshape(T, d.n_heads, d.head_dim)               # [T, 32, 128]
-    k = ops.linear(x, w.wk).reshape(T, d.n_kv_heads, d.head_dim)            # [T, 8, 128]
-    v = ops.linear(x, w.wv).reshape(T, d.n_kv_heads, d.head_dim)            # [T, 8, 128]
+    x = ops.rms_norm(h, w.attention_norm, d.norm_eps)                        # [R, 3072]
+    q = ops.linear(x, w.wq).reshape(R, d.n_heads, d.head_dim)               # [R, 32, 128]
+    k = ops.linear(x, w.wk).reshape(R, d.n_kv_heads, d.head_dim)            # [R, 8, 128]
+    v = ops.linear(x, w.wv).reshape(R, d.n_kv_heads, d.head_dim)            # [R, 8, 128]
     q = ops.rope(q, positions, inv_freq)
     k = ops.rope(k, positions, inv_freq)
-    a = ops.attention(q, k, v, cache, d.sliding_window)                      # [T, 4096]
-    cache.append(k, v)
-    h = h + ops.linear(a, w.wo)                                              # [T, 3072]
+    a = np.empty((R, d.n_heads * d.head_dim), np.float32)                    # [R, 4096]
+    for state, r in zip(states, rows):                                       # each sequence its own ring
+        cache = state.caches[i]
+        cache.append(k[r], v[r])
+        a[r] = ops.attention_in_cache(q[r], cache, d.sliding_window)
+    h = h + ops.linear(a, w.wo)                                              # [R, 3072]
     # 5-6. feed-forward on the delay-scaled norm: h += w2(silu(w1 x) * w3 x)
-    x = ops.rms_norm(h, w.ffn_norm, d.norm_eps) * ffn_scale                  # [T, 3072]
-    gate = ops.silu(ops.linear(x, w.w1))                                     # [T, 9216]
-    up = ops.linear(x, w.w3)                                                 # [T, 9216]
-    return h + ops.linear(gate * up, w.w2)                                   # [T, 3072]
+    x = ops.rms_norm(h, w.ffn_norm, d.norm_eps)                              # [R, 3072]
+    for state, r in zip(states, rows):
+        x[r] *= state.ffn_scales[i]                                          # (1 + ada(t_cond)) of its delay
+    gate = ops.silu(ops.linear(x, w.w1))                                     # [R, 9216]
+    up = ops.linear(x, w.w3)                                                 # [R, 9216]
+    return h + ops.linear(gate * up, w.w2)                                   # [R, 3072]
 
 
 def decode(inputs: np.ndarray, state: DecoderState, w: DecoderWeights, cfg: ModelConfig, ops,
-           inv_freq: np.ndarray) -> np.ndarray:
-    """Run T new positions (inputs [T, 3072]); returns the logits of the last one [vocab]."""
-    T = inputs.shape[0]
-    positions = state.n_positions + np.arange(T)
+           inv_freq: np.ndarray, all_logits: bool = False) -> np.ndarray:
+    """Run T new positions of one sequence (inputs [T, 3072]); returns the logits of the
+    last one [vocab], or of every one [T, vocab] with all_logits."""
+    logits = decode_rows(inputs, [state], [len(inputs)], w, cfg, ops, inv_freq, all_logits)
+    return logits if all_logits else logits[0]
+
+
+def decode_rows(inputs: np.ndarray, states: list[DecoderState], counts: list[int], w: DecoderWeights,
+                cfg: ModelConfig, ops, inv_freq: np.ndarray, all_logits: bool = True) -> np.ndarray:
+    """One decoder pass over several sequences: counts[s] new positions of states[s],
+    their rows stacked in `inputs` [R, 3072]. Returns the logits of every row [R, vocab]
+    (or of each sequence's last row [S, vocab] without all_logits)."""
+    ends = np.cumsum(counts)
+    rows = [slice(e - n, e) for n, e in zip(counts, ends)]
+    positions = np.concatenate([s.n_positions + np.arange(n) for s, n in zip(states, counts)])  # [R]
     h = inputs
-    for layer, cache, scale in zip(w.layers, state.caches, state.ffn_scales):
-        h = decoder_layer(h, layer, cache, positions, scale, cfg, ops, inv_freq)
-    state.n_positions += T
-    last = ops.rms_norm(h[-1:], w.norm, cfg.decoder.norm_eps)                 # [1, 3072]
-    return ops.linear(last, w.lm_head)[0]                                    # [131072] tied head
+    for i, layer in enumerate(w.layers):
+        h = decoder_layer(h, layer, i, states, rows, positions, cfg, ops, inv_freq)
+    for state, n in zip(states, counts):
+        state.n_positions += n
+    if not all_logits:
+        h = h[ends - 1]                                                      # [S, 3072]
+    last = ops.rms_norm(h, w.norm, cfg.decoder.norm_eps)                     # [R or S, 3072]
+    return ops.linear(last, w.lm_head)                                       # [R or S, 131072] tied head

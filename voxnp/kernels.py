@@ -18,6 +18,7 @@ from numba import get_num_threads, njit, prange
 
 from . import ops
 from .errors import VoxnpError
+from .quant import QuantizedMatrix, fast_linear
 
 try:
     from ._kernels import matmul_bf16
@@ -89,6 +90,8 @@ def keep_float32(weights) -> None:
 
 def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """y = x @ W.T (+ b): x [..., in] float32, W [out, in] BF16 -> [..., out]."""
+    if isinstance(w, QuantizedMatrix):  # a quantized weight: its format's kernel (_quant.h)
+        return fast_linear(x, w, bias, get_num_threads())
     n_out, n_in = w.shape
     rows = x.reshape(-1, n_in)
     kept = _kept.get(id(w))
@@ -195,6 +198,80 @@ def _attend_one(q, k_new, v_new, ring_k, ring_v, length, window, out):
             p = scores[h, n_old]
             for d in range(hd):
                 out[g * group + h, d] = acc[h, d] + p * v_new[g, d]
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _attend_ring(q, ring_k, ring_v, length, window, out):
+    """Queries of the last T positions, all already in the ring, over the ring in place.
+
+    q [T, H, hd]; ring_k, ring_v [Hkv, cap, hd]; out [T, H, hd]. The query at
+    p = length - T + t sees positions max(0, p - window + 1) .. p, oldest first, in
+    slots pos % cap. One task per (query, KV head) and the `group` query heads that
+    share it. A query's arithmetic does not depend on T or on the other queries, so
+    T rows give bit for bit what T one-row calls give (exact speculation/batching).
+    """
+    T, H, hd = q.shape
+    Hkv = ring_k.shape[0]
+    group = H // Hkv
+    cap = ring_k.shape[1]
+    scale = np.float32(1.0 / np.sqrt(hd))
+    for task in prange(T * Hkv):
+        t, g = task // Hkv, task % Hkv
+        p = length - T + t
+        first = max(0, p - window + 1)
+        n = p + 1 - first                                 # visible keys, the query's own included
+        scores = np.empty((group, n), np.float32)
+        qg = q[t, g * group:(g + 1) * group] * scale      # [group, hd]
+        for i in range(n):
+            key = ring_k[g, (first + i) % cap]
+            for h in range(group):
+                acc = np.float32(0.0)
+                for d in range(hd):
+                    acc += qg[h, d] * key[d]
+                scores[h, i] = acc
+        for h in range(group):                            # softmax over the visible keys
+            best = scores[h].max()
+            total = np.float32(0.0)
+            for i in range(n):
+                e = np.exp(scores[h, i] - best)
+                scores[h, i] = e
+                total += e
+            scores[h] *= np.float32(1.0) / total
+        acc_v = np.zeros((group, hd), np.float32)
+        for i in range(n):
+            value = ring_v[g, (first + i) % cap]
+            for h in range(group):
+                w = scores[h, i]
+                for d in range(hd):
+                    acc_v[h, d] += w * value[d]
+        for h in range(group):
+            for d in range(hd):
+                out[t, g * group + h, d] = acc_v[h, d]
+
+
+class _RingBefore:
+    """The ring as it was before its last T positions were appended (read-only view)."""
+
+    def __init__(self, cache, T):
+        self.k, self.v, self.capacity = cache.k, cache.v, cache.capacity
+        self.length = cache.length - T
+
+
+def attention_in_cache(q: np.ndarray, cache, window: int) -> np.ndarray:
+    """Same contract as `ops.attention_in_cache`: q [T, H, hd] of the last T cached positions."""
+    T, H, hd = q.shape
+    if T <= FEW_ROWS:
+        out = np.empty((T, H, hd), dtype=np.float32)
+        _attend_ring(np.ascontiguousarray(q), cache.k, cache.v, cache.length, window, out)
+        return out.reshape(T, H * hd)
+    # many positions (the prompt): blocks scored by BLAS. Appended at once, they must not
+    # have evicted a slot they see: T <= spare + 1, or no wrap-around yet
+    if T > cache.spare + 1 and cache.length > cache.capacity:
+        raise ValueError(f"{T} positions appended at once to a ring with {cache.spare} spare slots")
+    slots = np.arange(cache.length - T, cache.length) % cache.capacity
+    k = cache.k[:, slots].transpose(1, 0, 2)                                   # [T, Hkv, hd]
+    v = cache.v[:, slots].transpose(1, 0, 2)
+    return _attention_block(q, k, v, _RingBefore(cache, T), window)
 
 
 @njit(parallel=True, fastmath=True, cache=True, nogil=True)

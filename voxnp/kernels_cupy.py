@@ -93,6 +93,35 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache, window: int) -
     return cp.asnumpy(out)
 
 
+def attention_in_cache(q: np.ndarray, cache, window: int) -> np.ndarray:
+    """Same contract as `ops.attention_in_cache`. The device ring is brought up to date
+    with the positions the host appended since (a reset or restore uploads it whole)."""
+    T, H, hd = q.shape
+    entry = _rings.get(id(cache))
+    if entry is None or entry[0] is not cache or entry[4] != cache.generation:
+        entry = [cache, cp.asarray(cache.k), cp.asarray(cache.v), cache.length, cache.generation]
+        _rings[id(cache)] = entry
+    _, ring_k, ring_v, synced, _ = entry
+    new = np.arange(min(synced, cache.length - T), cache.length)
+    slots = new % cache.capacity
+    ring_k[:, slots] = cp.asarray(cache.k[:, slots])
+    ring_v[:, slots] = cp.asarray(cache.v[:, slots])
+    entry[3] = cache.length
+    Hkv = ring_k.shape[0]
+    group = H // Hkv
+    S = min(cache.length, cache.capacity)
+    key_pos = cp.asarray(cache.length - 1 - ((cache.length - 1 - np.arange(S)) % cache.capacity))  # [S]
+    q_pos = cp.asarray(cache.length - T + np.arange(T))                                 # [T]
+    qd = cp.asarray(q).transpose(1, 0, 2).reshape(Hkv, group * T, hd) / np.float32(np.sqrt(hd))
+    scores = (qd @ ring_k[:, :S].transpose(0, 2, 1)).reshape(Hkv, group, T, S)
+    visible = (key_pos[None, :] <= q_pos[:, None]) & (key_pos[None, :] > q_pos[:, None] - window)
+    scores = cp.where(visible, scores, -cp.inf)
+    scores = cp.exp(scores - scores.max(axis=-1, keepdims=True))
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = scores.reshape(Hkv, group * T, S) @ ring_v[:, :S]                             # [Hkv, g*T, hd]
+    return cp.asnumpy(out.reshape(Hkv, group, T, hd).transpose(2, 0, 1, 3).reshape(T, H * hd))
+
+
 rms_norm = ops.rms_norm
 gelu = ops.gelu
 silu = ops.silu

@@ -7,6 +7,7 @@ paged in by the kernels as they use them.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,8 @@ class Model:
     ops: object                   # the kernel module chosen by backend.get_backend
     encoder_inv_freq: np.ndarray  # RoPE frequencies, fixed per model
     decoder_inv_freq: np.ndarray
-    file: SafetensorsFile
+    file: SafetensorsFile | object   # the weights file read last (its path keys padcache):
+                                     # the checkpoint, or the quant_file.QuantizedFile
     left_padding: dict = field(default_factory=dict)  # delay -> stream state after the left padding
 
     def stream(self, **options):
@@ -54,11 +56,19 @@ class Model:
 
         return Stream(self, **options)
 
-    def transcribe(self, audio, delay_ms: float | None = None, on_token=None) -> str:
-        """Text of a whole recording: a path, or float32 samples at 16 kHz."""
+    def transcribe(self, audio, delay_ms: float | None = None, on_token=None, **options) -> str:
+        """Text of a whole recording: a path, or float32 samples at 16 kHz. Options as
+        for `stream` (e.g. speculate=2, drafter=...)."""
         from .stream import transcribe
 
-        return transcribe(self, audio, delay_ms=delay_ms, on_token=on_token).text
+        return transcribe(self, audio, delay_ms=delay_ms, on_token=on_token, **options).text
+
+    def transcribe_many(self, inputs, batch: int = 4, **options):
+        """Transcripts (voxnp.stream.Transcript) of several recordings, in input order,
+        up to `batch` decoded together; an unreadable input yields its VoxnpError."""
+        from .stream import transcribe_many
+
+        return transcribe_many(self, inputs, batch=batch, **options)
 
 
 def encoder_matrices(w: Weights) -> list:
@@ -72,15 +82,8 @@ def encoder_matrices(w: Weights) -> list:
     return mats
 
 
-def load(model_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None,
-         encoder_float32: bool | None = None) -> Model:
-    """Open a model directory (params.json, tekken.json, consolidated.safetensors).
-
-    encoder_float32: keep a float32 copy of the encoder's feed-forward matrices after
-    their first use (2.6 GB for the real model; they then run at the BLAS rate).
-    Default: $VOXNP_ENCODER_F32 (1/0), else on.
-    """
-    path = Path(str(model_dir)) if model_dir is not None else default_model_dir()  # fire may pass a number
+def open_bf16(path: Path):
+    """Check a model directory and map its BF16 checkpoint: (tekken, config, file, weights)."""
     if not path.exists():
         raise VoxnpError(f"{path}: model directory not found (run `voxnp download` or pass --model)")
     if not path.is_dir():
@@ -91,16 +94,41 @@ def load(model_dir: str | Path | None = None, backend: str = "auto", threads: in
     tekken = read_tekken(path / "tekken.json")
     config = load_config(path, tekken)
     st = SafetensorsFile(path / WEIGHTS_FILE)
-    weights = load_weights(st, config)
+    return tekken, config, st, load_weights(st, config)
+
+
+def load(model_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None,
+         encoder_float32: bool | None = None, weights: str = "bf16", progress: bool | None = None) -> Model:
+    """Open a model directory (params.json, tekken.json, consolidated.safetensors).
+
+    encoder_float32: keep a float32 copy of the encoder's feed-forward matrices after
+    their first use (2.6 GB for the real model; they then run at the BLAS rate).
+    Default: $VOXNP_ENCODER_F32 (1/0), else on.
+    weights: "bf16" (the checkpoint, the reference), "int8" or "q4": the decoder's
+    matrices quantized (see quant.py), converted once and mapped (see quant_file.py);
+    progress: show the conversion's progress bar (default: when stderr is a terminal).
+    """
+    from . import quant, quant_file
+
+    path = Path(str(model_dir)) if model_dir is not None else default_model_dir()  # fire may pass a number
+    quant.check_format(weights)
+    if weights != "bf16" and backend == "cupy":
+        raise VoxnpError(f"--weights {weights} runs on the CPU backends only (use bf16 with cupy)")
+    tekken, config, st, bf16 = open_bf16(path)
+    file, model_weights = st, bf16
+    if weights != "bf16":
+        file = quant_file.open_quantized(path, st, bf16, weights,
+                                         progress=sys.stderr.isatty() if progress is None else progress)
+        model_weights = quant_file.quantized_weights(bf16, file)
     tokenizer = Tokenizer(tekken, config.decoder.vocab_size, path / "tekken.json")
     ops = get_backend(backend, threads=threads)
     if encoder_float32 is None:
         encoder_float32 = os.environ.get("VOXNP_ENCODER_F32", "1") != "0"
     if encoder_float32:
-        ops.keep_float32(encoder_matrices(weights))
+        ops.keep_float32(encoder_matrices(model_weights))
     return Model(
-        path=path, config=config, weights=weights, tokenizer=tokenizer, ops=ops,
+        path=path, config=config, weights=model_weights, tokenizer=tokenizer, ops=ops,
         encoder_inv_freq=rope_frequencies(config.encoder.head_dim, config.encoder.rope_theta),
         decoder_inv_freq=rope_frequencies(config.decoder.head_dim, config.decoder.rope_theta),
-        file=st,
+        file=file,
     )

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .quant import QuantizedMatrix, reference_linear
 from .weights import bf16_to_f32
 
 
 def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """y = x @ W.T (+ b): x [..., in] float32, W [out, in] BF16 -> [..., out]."""
+    if isinstance(w, QuantizedMatrix):  # a quantized weight: its format's readable product
+        return reference_linear(x, w, bias)
     y = x @ bf16_to_f32(w).T
     if bias is not None:
         y = y + bf16_to_f32(bias)
@@ -84,6 +87,27 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache, window: int) -
     out = np.empty((T, H, hd), dtype=np.float32)
     for h in range(H):
         scores = q[:, h, :] @ keys[h // group].T / np.float32(np.sqrt(hd))   # [T, S+T]
+        scores = np.where(visible, scores, -np.inf)
+        p = np.exp(scores - scores.max(axis=1, keepdims=True))
+        out[:, h, :] = (p / p.sum(axis=1, keepdims=True)) @ values[h // group]
+    return out.reshape(T, H * hd)
+
+
+def attention_in_cache(q: np.ndarray, cache, window: int) -> np.ndarray:
+    """Causal sliding-window GQA attention of the last T positions already in the cache.
+
+    q [T, H, hd] are the queries of positions cache.length - T .. cache.length - 1,
+    whose keys and values were just appended. Query at p sees keys j with
+    p - window < j <= p. Returns [T, H * hd].
+    """
+    T, H, hd = q.shape
+    keys, values, key_pos = cache.ordered()                        # [Hkv, S, hd], [S]
+    q_pos = cache.length - T + np.arange(T)
+    visible = (key_pos[None, :] <= q_pos[:, None]) & (key_pos[None, :] > q_pos[:, None] - window)  # [T, S]
+    group = H // keys.shape[0]
+    out = np.empty((T, H, hd), dtype=np.float32)
+    for h in range(H):
+        scores = q[:, h, :] @ keys[h // group].T / np.float32(np.sqrt(hd))   # [T, S]
         scores = np.where(visible, scores, -np.inf)
         p = np.exp(scores - scores.max(axis=1, keepdims=True))
         out[:, h, :] = (p / p.sum(axis=1, keepdims=True)) @ values[h // group]

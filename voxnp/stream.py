@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import BOS_ID, EOS_ID, STREAMING_PAD_ID
-from .decoder import decode, new_decoder_state
+from .decoder import MAX_ROWS, decode, new_decoder_state
 from .encoder import adapt, encode, new_encoder_state
 from .mel import LogMel
 from .tokenizer import TextDecoder
@@ -43,7 +43,8 @@ class Timings:
     encoder_s: float = 0.0
     prefill_s: float = 0.0
     decoder_s: float = 0.0
-    decoder_steps: int = 0
+    decoder_steps: int = 0      # positions decoded after the prompt (one token each)
+    decoder_passes: int = 0     # decoder passes they took (fewer with speculation)
     audio_s: float = 0.0
 
 
@@ -68,6 +69,12 @@ class Stream:
     of SPEC §10, None = off) and alt_count, max_tokens, teacher (ids fed as the
     previous tokens instead of the argmax), record (keep intermediates for dumps).
 
+    speculate=k verifies k drafted tokens per decoder pass (0 = off); drafter is a
+    callable (tokens so far, k) -> k token ids, default: k x [STREAMING_PAD] (the
+    tokens are the stream's own list, latest 256 when live: read, do not modify). The
+    tokens are exactly those of speculate=0. scheduled=True: feed/flush/finish only
+    run the encoder, and a `scheduler.Scheduler` decodes (many streams sharing passes).
+
     live=True is for endless input (stdin, microphone): the session keeps no token
     history (memory stays flat for hours; take tokens with get() or on_token), and
     the decoder restarts -- keeping the audio context -- when it emits EOS before
@@ -79,8 +86,19 @@ class Stream:
 
     def __init__(self, model, delay_ms: float | None = None, interval: float = 2.0,
                  alt: float | None = None, alt_count: int = 3, max_tokens: int | None = None,
-                 teacher=None, record: bool = False, on_token=None, live: bool = False):
+                 teacher=None, record: bool = False, on_token=None, live: bool = False,
+                 speculate: int = 0, drafter=None, scheduled: bool = False):
         cfg = model.config
+        if isinstance(speculate, bool) or not isinstance(speculate, (int, np.integer)) \
+                or not 0 <= speculate < MAX_ROWS:
+            raise ValueError(f"speculate must be a whole number 0..{MAX_ROWS - 1}, got {speculate!r}")
+        if drafter is not None and not callable(drafter):
+            raise ValueError("drafter must be a callable (tokens so far, k) -> k token ids")
+        from .scheduler import pad_drafter
+
+        self.speculate = int(speculate)
+        self.drafter = drafter or pad_drafter
+        self.scheduled = scheduled
         self.model = model
         self.cfg = cfg
         self.delay = cfg.audio.delay_tokens(delay_ms)
@@ -101,6 +119,9 @@ class Stream:
         self.tokens: list[Token] = []            # every token emitted (not kept when live)
         self._queue: deque[Token] = deque()      # emitted, not yet taken by get()
         self.n_tokens = 0                        # tokens emitted so far
+        # token ids for the drafter: all of them, or the latest 256 when live
+        self._recent = deque(maxlen=256) if live else []
+        self._text_closed = False
         self.restarts = 0                        # live decoder restarts
         self._history: deque[np.ndarray] = deque(maxlen=len(self.prompt) - 1)  # last embeds decoded
         self._first_embed = 0                    # audio-embed index of decoder position 0
@@ -145,6 +166,7 @@ class Stream:
                 return
         self._push(np.zeros(cfg.audio.n_left_pad_tokens * cfg.audio.samples_per_token, np.float32))
         self._run()
+        self._decode_available(now=True)                    # the prompt, even when scheduled
         if shareable:
             self.model.left_padding[self.delay] = self._snapshot()
             if on_disk is not None:
@@ -203,10 +225,23 @@ class Stream:
         if not self.done or self.record is not None:
             self._push(np.zeros(self._right_padding(), np.float32))
             self._run(final=True)
+        self.finished = True
+        if self.complete:
+            self._close_text()
+
+    @property
+    def complete(self) -> bool:
+        """finish() was called and everything is decoded."""
+        return self.finished and (self.done or len(self._embeds) == 0)
+
+    def _close_text(self) -> None:
+        """Bytes still held by the incremental UTF-8 decoder join the last token."""
+        if self._text_closed:
+            return
+        self._text_closed = True
         tail = self._text.flush()
         if tail and self.tokens:
             self.tokens[-1].text += tail
-        self.finished = True
 
     def get(self, with_tokens: bool = False) -> list:
         """Token texts (or Token objects, with times and alternatives) emitted since the last call."""
@@ -261,32 +296,88 @@ class Stream:
             self._embeds = np.concatenate([self._embeds, embeds])
             self._decode_available()
 
-    def _decode_available(self) -> None:
-        """One decoder step per available audio embedding (the prompt first)."""
-        m, cfg = self.model, self.cfg
-        table = m.weights.decoder.tok_embeddings
-        L = len(self.prompt)
-        while not self.done and len(self._embeds):
-            pos = self._dec.n_positions
-            if pos < L - 1:
-                # SPEC §7.1: prefill prompt positions pos..L-2 as far as the audio allows (no logits)
-                n = min(len(self._embeds), L - 1 - pos)
-                t0 = time.perf_counter()
-                x = self._embeds[:n] + m.ops.embed(table, self.prompt[pos:pos + n])  # [n, 3072]
-                decode(x, self._dec, m.weights.decoder, cfg, m.ops, m.decoder_inv_freq)
-                self._history.extend(self._embeds[:n])
-                self._embeds = self._embeds[n:]
-                self.timings.prefill_s += time.perf_counter() - t0
-                continue
-            prev = self.prompt[L - 1] if pos == L - 1 else self._fed_token()
-            t0 = time.perf_counter()
-            x = self._embeds[:1] + m.ops.embed(table, [prev])                        # [1, 3072]
-            logits = decode(x, self._dec, m.weights.decoder, cfg, m.ops, m.decoder_inv_freq)
+    def _decode_available(self, now: bool = False) -> None:
+        """Decode what the audio allows (unless a scheduler does it for this stream)."""
+        if now or not self.scheduled:
+            from .scheduler import Scheduler
+
+            Scheduler(self.model).run([self])
+
+    # -- the decoder protocol the scheduler drives (scheduler.py) ----------
+
+    @property
+    def decoder_state(self):
+        return self._dec
+
+    def prefill(self) -> None:
+        """SPEC §7.1: prefill prompt positions 0..L-2 as far as the audio allows (no logits)."""
+        m, L = self.model, len(self.prompt)
+        pos = self._dec.n_positions
+        if self.done or pos >= L - 1 or not len(self._embeds):
+            return
+        n = min(len(self._embeds), L - 1 - pos)
+        t0 = time.perf_counter()
+        x = self._embeds[:n] + m.ops.embed(m.weights.decoder.tok_embeddings, self.prompt[pos:pos + n])  # [n, 3072]
+        decode(x, self._dec, m.weights.decoder, self.cfg, m.ops, m.decoder_inv_freq)
+        self._history.extend(self._embeds[:n])
+        self._embeds = self._embeds[n:]
+        self.timings.prefill_s += time.perf_counter() - t0
+
+    def wanted_rows(self) -> int:
+        """Positions this stream could run in the next pass: one step plus up to
+        `speculate` drafted ones, never past the audio received or the tokens allowed."""
+        if self.done or not len(self._embeds) or self._dec.n_positions < len(self.prompt) - 1:
+            return 0
+        n = 1 + min(self.speculate, len(self._embeds) - 1)
+        if self.teacher is not None:
+            n = min(n, len(self.teacher) - self.n_tokens)
+        if self.max_tokens is not None:
+            n = min(n, self.max_tokens - self.n_tokens)
+        return n
+
+    def plan(self, n: int):
+        """The inputs of the next n positions: row 0 is fed the previous token, row i
+        the drafted (or, with a teacher, the known) token i."""
+        from .scheduler import StepPlan
+
+        m = self.model
+        if self.teacher is not None:
+            drafts = self.teacher[self.n_tokens:self.n_tokens + n - 1]
+        elif n > 1:
+            drafts = self._check_drafts(self.drafter(self._recent, n - 1), n - 1)
+        else:
+            drafts = []
+        prev = self.prompt[-1] if self._dec.n_positions == len(self.prompt) - 1 else self._fed_token()
+        x = self._embeds[:n] + m.ops.embed(m.weights.decoder.tok_embeddings, [prev] + drafts)  # [n, 3072]
+        return StepPlan(stream=self, inputs=x, drafts=drafts)
+
+    def _check_drafts(self, drafts, k: int) -> list[int]:
+        ids = list(drafts) if drafts is not None else []
+        vocab = self.cfg.decoder.vocab_size
+        if len(ids) != k:
+            raise ValueError(f"the drafter returned {len(ids)} token ids, {k} were asked for")
+        if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) and 0 <= t < vocab for t in ids):
+            raise ValueError(f"the drafter returned ids outside the vocabulary 0..{vocab - 1}: {ids}")
+        return [int(t) for t in ids]
+
+    def accept(self, plan, logits: np.ndarray, seconds: float) -> None:
+        """Commit the rows of a pass the model agrees with: row 0 always, row i while the
+        token fed at row i is the one guessed. logits [n, vocab]."""
+        n = len(plan.inputs)
+        first = self._dec.n_positions - n                   # position of row 0
+        restarts = self.restarts
+        for i in range(n):
+            if i > 0 and (self.done or self.restarts != restarts or self._fed_token() != plan.drafts[i - 1]):
+                break
+            self._dec.truncate(first + i + 1)               # later rows are dropped unless confirmed
             self._history.append(self._embeds[0])
             self._embeds = self._embeds[1:]
-            self.timings.decoder_s += time.perf_counter() - t0
             self.timings.decoder_steps += 1
-            self._emit(int(np.argmax(logits)), logits, pos)
+            self._emit(int(np.argmax(logits[i])), logits[i], first + i)
+        self.timings.decoder_s += seconds
+        self.timings.decoder_passes += 1
+        if self.complete:
+            self._close_text()
 
     def _fed_token(self) -> int:
         """The previous token fed back: the argmax, or the teacher's id."""
@@ -310,6 +401,7 @@ class Stream:
             self.tokens.append(token)
         self._queue.append(token)
         self.n_tokens += 1
+        self._recent.append(token_id)
         self._prev_token = token_id
         if self.on_token is not None:
             self.on_token(token)
@@ -376,32 +468,85 @@ class Transcript:
 OFFLINE_CHUNK_S = 10.0  # a whole file is fed in chunks of this much audio (bounded memory)
 
 
-def transcribe(model, audio, delay_ms: float | None = None, on_token=None, **options) -> Transcript:
-    """Offline transcription: the streaming session, fed a whole recording and finished.
+def _feeds(stream: Stream, n_samples: int) -> list[tuple[int, int]]:
+    """How an offline recording is fed: first just enough audio for the prompt (so the
+    first token comes early), then chunks of OFFLINE_CHUNK_S (so memory stays bounded)."""
+    ac = stream.cfg.audio
+    look_ahead = ac.window_size // 2 - ac.hop_length                   # 40 samples past a token's end
+    first = (stream.delay + 1) * ac.samples_per_token + look_ahead     # audio of the prompt's last rows
+    step = int(OFFLINE_CHUNK_S * ac.sampling_rate)
+    bounds = [0, min(first, n_samples)] + list(range(first + step, n_samples, step)) + [n_samples]
+    return list(zip(bounds, bounds[1:]))
 
-    The first feed holds just enough audio for the prompt (so the first token comes
-    early), the rest goes in chunks of OFFLINE_CHUNK_S (so memory stays bounded).
-    """
+
+def _as_samples(audio) -> np.ndarray:
     if isinstance(audio, (str, Path)):
         from .audio import load_audio
 
         audio = load_audio(audio)
-    audio = np.asarray(audio, dtype=np.float32)
+    return np.asarray(audio, dtype=np.float32)
+
+
+def _transcript(s: Stream, n_samples: int) -> Transcript:
+    s.timings.audio_s = n_samples / s.cfg.audio.sampling_rate
+    return Transcript(text=s.text, tokens=s.tokens, timings=s.timings, audio_seconds=s.timings.audio_s)
+
+
+def transcribe(model, audio, delay_ms: float | None = None, on_token=None, **options) -> Transcript:
+    """Offline transcription: the streaming session, fed a whole recording and finished."""
+    audio = _as_samples(audio)
     s = Stream(model, delay_ms=delay_ms, interval=OFFLINE_CHUNK_S, on_token=on_token, **options)
-    ac = model.config.audio
-    look_ahead = ac.window_size // 2 - ac.hop_length                   # 40 samples past a token's end
-    first = (s.delay + 1) * ac.samples_per_token + look_ahead          # audio of the prompt's last rows
-    step = int(OFFLINE_CHUNK_S * ac.sampling_rate)
-    bounds = [0, min(first, len(audio))] + list(range(first + step, len(audio), step)) + [len(audio)]
-    for start, end in zip(bounds, bounds[1:]):
+    for start, end in _feeds(s, len(audio)):
         s.feed(audio[start:end])
         if start == 0:
             s.flush_pending()
         if s.done:
             break
     s.finish()
-    s.timings.audio_s = len(audio) / ac.sampling_rate
-    return Transcript(text=s.text, tokens=s.tokens, timings=s.timings, audio_seconds=s.timings.audio_s)
+    return _transcript(s, len(audio))
+
+
+def transcribe_many(model, inputs, batch: int = 4, delay_ms: float | None = None, **options):
+    """Transcribe several recordings, up to `batch` at a time, their decoder steps shared.
+
+    Yields, in input order, a Transcript per input, or the VoxnpError of an input that
+    could not be read (the others go on). Each transcript is exactly the one
+    `transcribe` gives for that input alone.
+    """
+    from .errors import VoxnpError
+    from .scheduler import Scheduler
+
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= batch <= MAX_ROWS:
+        raise ValueError(f"batch must be a whole number 1..{MAX_ROWS}, got {batch!r}")
+    scheduler = Scheduler(model)
+    waiting = deque(enumerate(inputs))
+    active: list[tuple[int, Stream, np.ndarray, deque]] = []   # (index, stream, samples, feeds left)
+    done: dict[int, object] = {}
+    next_out = 0
+    while waiting or active:
+        while waiting and len(active) < batch:
+            index, item = waiting.popleft()
+            try:
+                audio = _as_samples(item)
+            except VoxnpError as e:
+                done[index] = e
+                continue
+            s = Stream(model, delay_ms=delay_ms, interval=math.inf, scheduled=True, **options)
+            active.append((index, s, audio, deque(_feeds(s, len(audio)))))
+        for _, s, audio, feeds in active:                     # the encoder, stream by stream
+            if feeds and not s.done:
+                start, end = feeds.popleft()
+                s.feed(audio[start:end])
+                s.flush_pending()
+            else:
+                s.finish()
+        scheduler.run([s for _, s, _, _ in active])           # the decoder, streams together
+        for entry in [e for e in active if e[1].complete]:
+            active.remove(entry)
+            done[entry[0]] = _transcript(entry[1], len(entry[2]))
+        while next_out in done:
+            yield done.pop(next_out)
+            next_out += 1
 
 
 def real_time_factor(t: Timings) -> float:
