@@ -48,7 +48,7 @@ def matmul_bf16(const uint16_t[:, ::1] w, const float[:, ::1] x, float[:, ::1] y
 
 
 # --- quantized kernels (see _quant.h) ---
-from libc.stdint cimport int8_t, int32_t, uint8_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
 
 cdef extern from "_quant.h" nogil:
     int Q8_BLOCK
