@@ -70,9 +70,9 @@ class Command:
         return f"voxnp {self.name}".strip()
 
 
-def _model(help_text: str) -> Option:
-    return Option("model", None, help_text, short=("-d", "-m"), metavar="DIR")
-
+# An option is one entry: give it to a command below and add the parameter of the same
+# name to the command's function (tests/test_cli.py checks that they agree). A command is
+# one entry in COMMANDS; tests/test_readme.py runs README lines only of commands it lists.
 
 BACKEND = Option("backend", "auto", "compute backend", choices=BACKENDS, metavar="NAME")
 THREADS = Option("threads", None, "CPU threads (default: $VOXNP_THREADS, else all cores)",
@@ -87,8 +87,8 @@ TRANSCRIBE = Command(
     (("FILE...", "audio files or directories of them: WAV, FLAC, OGG, MP3 (other containers "
                  "through ffmpeg); .raw, .pcm and .s16le files are s16le 16 kHz mono"),),
     (
-        _model("model directory (default: $VOXNP_MODEL, else ./voxtral-model, else the "
-               "download location)"),
+        Option("model", None, "model directory (default: $VOXNP_MODEL, else ./voxtral-model, "
+               "else the download location)", short=("-d", "-m"), metavar="DIR"),
         Option("input", None, "an audio file, as voxtral.c's -i; the same as giving FILE "
                "(may be repeated)", kind="input", short=("-i",), metavar="FILE"),
         Option("stdin", False, "read WAV (auto-detected) or raw s16le 16 kHz mono from "
@@ -98,8 +98,8 @@ TRANSCRIBE = Command(
         RAW,
         DELAY,
         Option("interval", 2.0, "with --stdin and --from-mic: seconds of new audio gathered "
-               "before the network runs; smaller is lower latency, more overhead", type=float, short=("-I",),
-               low=0.0, metavar="SECONDS"),
+               "before the network runs; smaller is lower latency, more overhead",
+               type=float, short=("-I",), low=0.0, metavar="SECONDS"),
         Option("alt", None, "show alternatives [best|alt|...] whose probability is within this "
                "cutoff of the best, e.g. 0.5", type=float, low=0.0, high=1.0, metavar="C"),
         Option("format", "txt", "output format", choices=FORMATS, metavar="FORMAT"),
@@ -109,7 +109,7 @@ TRANSCRIBE = Command(
         BACKEND,
         Option("silent", False, "print only the transcript: no timing line, no progress",
                kind="switch"),
-        Option("debug", False, "print per-stage details to stderr", kind="switch"),
+        Option("debug", False, "print the model's shapes and load time to stderr", kind="switch"),
     ))
 
 COMMANDS = {c.name: c for c in (
@@ -135,7 +135,8 @@ COMMANDS = {c.name: c for c in (
     Command("checkpoint", "cli:checkpoint", "write a random-weight model directory in the "
             "published format (tests, benchmarks)",
             (("OUT", "output directory"),),
-            (Option("preset", "tiny", "size (full is ~8.9 GB)", choices=tuple(PRESETS), metavar="NAME"),
+            (Option("preset", "tiny", "size (full is ~8.9 GB)", choices=tuple(PRESETS),
+                    metavar="NAME"),
              Option("seed", 0, "random seed", type=int, metavar="N"),
              Option("overwrite", False, "replace an existing directory", kind="switch"))),
 )}
@@ -236,7 +237,7 @@ def read_value(opt: Option, flag: str, text: str):
         if math.isnan(value):
             raise VoxnpError(f"{flag} must be {what}, got {text!r}")
     if opt.choices and value not in opt.choices:
-        raise VoxnpError(f"unknown {flag} '{text}' (choose from {', '.join(opt.choices)})")
+        raise VoxnpError(f"unknown {flag} '{text}' (choose from {', '.join(map(str, opt.choices))})")
     too_low = opt.low is not None and value < opt.low
     too_high = opt.high is not None and value > opt.high
     if too_low or too_high:
@@ -313,8 +314,9 @@ def usage(command: Command) -> str:
                "Voxtral Realtime 4B speech-to-text on the CPU. Text streams to stdout; the timing "
                "line and\nerrors go to stderr. Options may come before or after the files.\n")
     else:
-        out = f"usage: {' '.join(filter(None, (command.title, args)))} [options]\n\n" + textwrap.fill(
-            command.summary[0].upper() + command.summary[1:] + ".", HELP_WIDTH) + "\n"
+        summary = command.summary[0].upper() + command.summary[1:] + "."
+        out = f"usage: {' '.join(filter(None, (command.title, args, '[options]')))}\n\n"
+        out += textwrap.fill(summary, HELP_WIDTH) + "\n"
     if command.arguments:
         out += "\narguments:\n" + "".join(_entry(name, text) for name, text in command.arguments)
     out += "\noptions:\n" + "".join(_entry(*option_help(o)) for o in command.options)
@@ -325,8 +327,8 @@ def usage(command: Command) -> str:
         for c in COMMANDS.values():
             if c.name:
                 out += _entry(f"{c.name} {' '.join(n for n, _ in c.arguments)}".strip(), c.summary)
-        out += ("\nvoxtral.c's command line works as it is: voxnp -d voxtral-model -i audio.wav "
-                "[-I 0.5] [--alt 0.5]\n[--stdin | --from-mic] [--silent | --debug].\n")
+        out += ("\nvoxtral.c's command lines work as they are: voxnp -d voxtral-model -i audio.wav "
+                "(or --stdin,\nor --from-mic) [-I 0.5] [--alt 0.5] [--silent | --debug].\n")
     return out
 
 
