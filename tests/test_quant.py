@@ -424,3 +424,34 @@ def test_quantize_to_bf16_or_unknown(tiny_dir, tmp_path):
 def test_cupy_backend_refuses_quantized_weights(tiny_dir):
     with pytest.raises(VoxnpError, match="CPU backends only"):
         voxnp.load(tiny_dir, weights="int8", backend="cupy")
+
+
+# ---------------------------------------------------------------------------
+# speculation and batching stay exact on quantized weights
+
+
+@pytest.mark.parametrize("fmt", ["int8", "q4"])
+def test_speculation_and_batching_exact_on_quantized_weights(fmt, window_dir, speech):
+    from voxnp.scheduler import Scheduler
+    from voxnp.stream import Stream, transcribe
+
+    model = voxnp.load(window_dir, weights=fmt)
+    vocab = model.config.decoder.vocab_size
+    base = dump_arrays(model, speech)
+    ids = [int(t) for t in base["tokens"]]
+    r = np.random.default_rng(3)
+    for K, drafter in [(1, None), (3, lambda tokens, k: [ids[len(tokens) + i] if len(tokens) + i < len(ids)
+                                                         and r.random() < 0.67 else int(r.integers(vocab))
+                                                         for i in range(k)]), (7, None)]:
+        got = dump_arrays(model, speech, speculate=K, drafter=drafter)
+        for key in base:
+            np.testing.assert_array_equal(got[key], base[key], err_msg=f"{fmt} {key} K={K}")
+    delays = [80, 480, 960]
+    alone = [[t.id for t in transcribe(model, speech, delay_ms=d).tokens] for d in delays]
+    streams = [Stream(model, delay_ms=d, interval=np.inf, scheduled=True, speculate=k)
+               for d, k in zip(delays, [0, 2, 1])]
+    for s in streams:
+        s.feed(speech)
+        s.finish()
+    Scheduler(model).run(streams)
+    assert all(alone) and [[t.id for t in s.tokens] for s in streams] == alone
