@@ -17,9 +17,10 @@ from .errors import VoxnpError
 from .stream import Stream
 
 
-def dump_arrays(model, audio: np.ndarray, delay_ms=None, steps=None, teacher=None) -> dict:
+def dump_arrays(model, audio: np.ndarray, delay_ms=None, steps=None, teacher=None,
+                speculate: int = 0, drafter=None) -> dict:
     s = Stream(model, delay_ms=delay_ms, interval=float("inf"), max_tokens=steps,
-               teacher=teacher, record=True)
+               teacher=teacher, record=True, speculate=speculate, drafter=drafter)
     s.feed(audio)
     s.finish()
     r = s.record

@@ -71,7 +71,7 @@ class Stream:
 
     speculate=k verifies k drafted tokens per decoder pass (0 = off); drafter is a
     callable (tokens so far, k) -> k token ids, default: k x [STREAMING_PAD] (the
-    tokens are the stream's own list, latest 256 when live: read, do not modify). The
+    tokens are the stream's own list, at least the latest 256 when live: read only). The
     tokens are exactly those of speculate=0. scheduled=True: feed/flush/finish only
     run the encoder, and a `scheduler.Scheduler` decodes (many streams sharing passes).
 
@@ -119,8 +119,7 @@ class Stream:
         self.tokens: list[Token] = []            # every token emitted (not kept when live)
         self._queue: deque[Token] = deque()      # emitted, not yet taken by get()
         self.n_tokens = 0                        # tokens emitted so far
-        # token ids for the drafter: all of them, or the latest 256 when live
-        self._recent = deque(maxlen=256) if live else []
+        self._recent: list[int] = []             # token ids for the drafter (live: the latest 256-512)
         self._text_closed = False
         self.restarts = 0                        # live decoder restarts
         self._history: deque[np.ndarray] = deque(maxlen=len(self.prompt) - 1)  # last embeds decoded
@@ -402,6 +401,8 @@ class Stream:
         self._queue.append(token)
         self.n_tokens += 1
         self._recent.append(token_id)
+        if self.live and len(self._recent) > 512:
+            del self._recent[:256]
         self._prev_token = token_id
         if self.on_token is not None:
             self.on_token(token)
