@@ -34,6 +34,7 @@ setup(
         "mic": ["sounddevice>=0.4"],
         "gpu": ["cupy-cuda12x>=13"],
         "bench": ["mistral_common>=1.5"],
+        "serve": ["starlette>=0.37", "uvicorn>=0.30", "python-multipart>=0.0.9", "websockets>=14"],
     },
     entry_points={"console_scripts": ["voxnp = voxnp.cli:main"]},
 )

@@ -1,0 +1,113 @@
+"""`voxnp serve`: OpenAI's transcription API and the realtime websocket (vLLM's and
+OpenAI's dialects), many streams at once on one model.
+
+    app.py             the Starlette app: routes, API key, request log; Server settings
+    transcriptions.py  POST /v1/audio/transcriptions (json, text, srt, vtt, verbose_json, SSE)
+    realtime.py        WS /v1/realtime, both dialects
+    engine.py          the worker thread that owns the model and every session's Stream
+    pcm.py             uploads and base64 PCM16 chunks -> float32 16 kHz
+    errors.py          errors in OpenAI's and vLLM's shapes
+
+Needs the `serve` extra: pip install "voxnp[serve]".
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+
+from ..errors import VoxnpError
+
+DEFAULT_SERVED_NAME = "mistralai/Voxtral-Mini-4B-Realtime-2602"
+WS_MAX_FRAME = 16 * 1024 * 1024     # bytes: a base64 append of ~6 minutes of 16 kHz audio
+
+
+def main(model=None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+         weights: str = "bf16", max_sessions: int = 4, max_upload_mb: float = 25.0,
+         served_name: str = DEFAULT_SERVED_NAME, interval: float = 0.5, speculate: int = 3,
+         strict_model: bool = False,
+         threads: int | None = None, backend: str = "auto", log_level: str = "info") -> None:
+    """Serve Voxtral Realtime over HTTP and WebSocket until interrupted.
+
+    Args:
+      model: model directory (default: $VOXNP_MODEL, ./voxtral-model, download location)
+      host: address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)
+      port: TCP port
+      api_key: require `Authorization: Bearer KEY` on every route but /health
+      weights: weight format to run (bf16; others where this voxnp build offers them)
+      max_sessions: transcriptions and realtime connections at once (more get 503)
+      max_upload_mb: largest file POST /v1/audio/transcriptions accepts (more get 413)
+      served_name: the model id clients see in /v1/models and send back
+      interval: seconds of new audio between runs of the network (delta latency vs. overhead)
+      speculate: drafted tokens a stream may verify per decoder pass when the pass has
+        rows to spare (0..7; the tokens are the same, a lone stream catches up sooner)
+      strict_model: refuse realtime sessions that name another model
+      threads: CPU threads (default $VOXNP_THREADS or all cores)
+      backend: auto | numba | numpy | cupy
+      log_level: debug | info | warning
+    """
+    try:
+        import uvicorn
+
+        from .app import Server, build_app
+        from .engine import Engine
+    except ImportError as e:
+        raise VoxnpError(f"voxnp serve needs the `serve` extra ({e.name} is missing): "
+                         "pip install \"voxnp[serve]\"") from None
+    from .. import load
+
+    max_sessions = positive_int("--max-sessions", max_sessions)
+    port = positive_int("--port", port)
+    try:
+        max_upload_mb = float(max_upload_mb)
+        interval = float(interval)
+    except (TypeError, ValueError):
+        raise VoxnpError("--max-upload-mb and --interval must be numbers") from None
+    if max_upload_mb <= 0 or interval < 0:
+        raise VoxnpError("--max-upload-mb must be > 0 and --interval >= 0")
+    setup_logging(log_level)
+    load_options = dict(backend=backend, threads=threads)
+    if "weights" in inspect.signature(load).parameters:
+        load_options["weights"] = weights
+    elif weights != "bf16":
+        raise VoxnpError(f"--weights {weights}: this voxnp build runs bf16 weights only")
+    m = load(model, **load_options)
+    if isinstance(speculate, bool) or not isinstance(speculate, int) or not 0 <= speculate <= 7:
+        raise VoxnpError(f"--speculate must be a whole number 0..7, got {speculate!r}")
+    engine = Engine(m, max_sessions=max_sessions, interval=interval, speculate=speculate)
+    server = Server(engine, served_name=str(served_name), api_key=str(api_key) if api_key else None,
+                    max_upload_mb=max_upload_mb, strict_model=bool(strict_model))
+    logging.getLogger("voxnp.server").info(
+        "model %s (%s), max %d sessions, %s", m.path, weights, max_sessions,
+        "batched scheduler" if engine.scheduler is not None else "one stream at a time")
+    engine.start()
+    config = uvicorn.Config(build_app(server), host=str(host), port=port, log_level=str(log_level),
+                            access_log=False, ws_max_size=WS_MAX_FRAME, ws_ping_interval=20.0,
+                            ws_ping_timeout=20.0, timeout_graceful_shutdown=5)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        engine.stop()
+
+
+def positive_int(flag: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise VoxnpError(f"{flag} must be a positive integer, got {value!r}")
+    return value
+
+
+def setup_logging(level: str) -> None:
+    logger = logging.getLogger("voxnp.server")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s voxnp: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(str(level).upper())
+    logger.propagate = False
+    # uvicorn notes each websocket in 3 lines; the session's own line (realtime.py) says more
+    logging.getLogger("uvicorn.error").addFilter(quiet_websocket_lines)
+
+
+def quiet_websocket_lines(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message in ("connection open", "connection closed") or "WebSocket /" in message)

@@ -1,0 +1,317 @@
+"""The worker thread that owns the model and every session's stream.
+
+All model work happens on one thread, in rounds; the asyncio side only queues
+commands and reads events, so the event loop keeps answering (websocket pings
+included) while the network runs.
+
+    asyncio side                          worker thread, one round
+    session.feed(samples) ─┐              1. take each session's queued commands
+    session.flush()        ├── inbox ──>     (at most `interval` seconds of audio each)
+    session.finish()       │              2. apply them to the session's Stream
+    session.reset()       ─┘              3. decode: every stream's new positions
+    session.events  <── call_soon_threadsafe ── 4. new tokens, then a marker
+                                                   ("flushed", "finished", "reset")
+
+A session holds one of `max_sessions` slots from open() to close(). Its Stream is
+created by its first command, dropped when it finishes or is reset, and dropped at
+close() whatever it was doing: a client that disconnects cancels its work.
+A round gives each session at most `interval` seconds of new audio, so one long
+upload cannot hold up the live sessions; how audio is cut into rounds does not
+change the tokens (a stream fed in any chunking gives the offline tokens).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..stream import Stream
+
+log = logging.getLogger("voxnp.server")
+
+
+class Busy(Exception):
+    """Every session slot is taken."""
+
+
+@dataclass
+class Event:
+    """What the worker hands back to a session, in order."""
+    kind: str                                  # "tokens" | "flushed" | "finished" | "reset" | "error"
+    tokens: list = field(default_factory=list)  # Token objects decoded since the last event
+    stream: object = None                      # "finished": the finished Stream (None if nothing was fed)
+    message: str = ""                          # "error": what went wrong (no traceback)
+
+
+class Session:
+    """The asyncio side's handle on one session: queue commands, await events.
+
+    feed/flush/finish/reset/close never block: they append to the inbox that the
+    worker drains. Events arrive on `events` in the order the commands were given.
+    """
+
+    def __init__(self, engine: Engine, sid: str, loop: asyncio.AbstractEventLoop, options: dict):
+        self.id = sid
+        self.options = options                  # model.stream() options: delay_ms, live
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.inbox: deque = deque()             # (op, samples | None); guarded by the engine's lock
+        self.closed = False
+        self.audio_s = 0.0                      # seconds of audio fed (worker-written)
+        self.work_s = 0.0                       # seconds of worker time spent on it
+        self.opened = time.monotonic()
+        self._engine = engine
+        self._loop = loop
+
+    def feed(self, samples: np.ndarray) -> None:
+        if len(samples):
+            self._engine.submit(self, "feed", samples)
+
+    def flush(self) -> None:
+        self._engine.submit(self, "flush")
+
+    def finish(self) -> None:
+        self._engine.submit(self, "finish")
+
+    def reset(self) -> None:
+        self._engine.submit(self, "reset")
+
+    def close(self) -> None:
+        self._engine.close(self)
+
+    async def next_event(self) -> Event:
+        return await self.events.get()
+
+    def post(self, events: list[Event]) -> None:
+        """Called on the worker thread: hand events to the event loop."""
+        try:
+            self._loop.call_soon_threadsafe(self._put, events)
+        except RuntimeError:                    # the loop is closed: the server is stopping
+            pass
+
+    def _put(self, events: list[Event]) -> None:
+        if not self.closed:
+            for e in events:
+                self.events.put_nowait(e)
+
+
+class LogprobStream(Stream):
+    """A Stream whose tokens also carry `logprob`: log p(token) under the full softmax
+    (verbose_json's avg_logprob). Costs one log-sum-exp over the vocabulary per token."""
+
+    def _emit(self, token_id: int, logits: np.ndarray, pos: int) -> None:
+        n = len(self._queue)
+        super()._emit(token_id, logits, pos)
+        if len(self._queue) > n:
+            top = float(np.max(logits))
+            lse = top + float(np.log(np.sum(np.exp(logits - top, dtype=np.float64))))
+            self._queue[-1].logprob = float(logits[token_id]) - lse
+
+
+class Engine:
+    """One model, many sessions; a worker thread runs every round of model work."""
+
+    def __init__(self, model, max_sessions: int = 4, interval: float = 0.5, speculate: int = 3):
+        self.model = model
+        self.speculate = speculate              # drafted rows per stream where a pass has room
+        self.max_sessions = max_sessions
+        self.interval = interval
+        rate = model.config.audio.sampling_rate
+        self.rate = rate
+        self.round_samples = max(model.config.audio.samples_per_token, int(interval * rate))
+        self.scheduler = self._new_scheduler()
+        self.ready = threading.Event()          # set once the warm-up is done
+        self.failed: str | None = None          # the warm-up's error, if any
+        self._cond = threading.Condition()
+        self._sessions: dict[str, Session] = {}  # open sessions (each holds a slot)
+        self._closing: list[str] = []           # closed since the last round: drop their streams
+        self._streams: dict[str, object] = {}   # session id -> Stream; worker thread only
+        self._ids = itertools.count(1)
+        self._stop = False
+        self._thread = threading.Thread(target=self._work, name="voxnp-engine", daemon=True)
+
+    # -- the asyncio side -------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    @property
+    def n_sessions(self) -> int:
+        return len(self._sessions)
+
+    def open(self, prefix: str = "sess", **options) -> Session:
+        """A new session (options for model.stream: delay_ms, live), or Busy."""
+        with self._cond:
+            if len(self._sessions) >= self.max_sessions:
+                raise Busy()
+            sid = f"{prefix}-{next(self._ids):06d}"
+            session = Session(self, sid, asyncio.get_running_loop(), options)
+            self._sessions[sid] = session
+            return session
+
+    def submit(self, session: Session, op: str, samples=None) -> None:
+        with self._cond:
+            if session.closed:
+                return
+            session.inbox.append((op, samples))
+            self._cond.notify()
+
+    def close(self, session: Session) -> None:
+        """Free the slot; the worker drops the stream (and any queued work) next round."""
+        with self._cond:
+            if session.closed:
+                return
+            session.closed = True
+            session.inbox.clear()
+            self._sessions.pop(session.id, None)
+            self._closing.append(session.id)
+            self._cond.notify()
+
+    # -- the worker thread ------------------------------------------------
+
+    def _new_scheduler(self):
+        """The batched scheduler (decoder steps shared by all streams), where there is one."""
+        try:
+            from ..scheduler import Scheduler
+        except ImportError:
+            return None
+        return Scheduler(self.model)
+
+    def _new_stream(self, options: dict):
+        if self.scheduler is not None:
+            options = dict(options, scheduled=True, speculate=self.speculate)
+        return LogprobStream(self.model, interval=self.interval, **options)
+
+    def _decode(self, streams: list) -> None:
+        """Decode every position these streams can decode now: the one place the decoder
+        runs for the server. With the scheduler their rows share each decoder pass (one
+        read of the weights for all); plain streams already decoded inside feed/flush/finish."""
+        if self.scheduler is not None and streams:
+            self.scheduler.run(streams)
+
+    def _work(self) -> None:
+        try:
+            self._warm_up()
+        except Exception as e:                  # noqa: BLE001 -- reported by /health and the log
+            log.exception("warm-up failed")
+            self.failed = f"warm-up failed: {e}"
+            return
+        self.ready.set()
+        while True:
+            with self._cond:
+                while not (self._stop or self._closing or any(s.inbox for s in self._sessions.values())):
+                    self._cond.wait()
+                if self._stop:
+                    return
+                for sid in self._closing:
+                    self._streams.pop(sid, None)
+                self._closing.clear()
+                batch = [(s, self._take(s)) for s in list(self._sessions.values()) if s.inbox]
+            if batch:
+                self._round(batch)
+
+    def _warm_up(self) -> None:
+        """Compute the left padding for the default delay and run every kernel once,
+        so the first client does not pay for it."""
+        t0 = time.perf_counter()
+        stream = self._new_stream({})
+        spt = self.model.config.audio.samples_per_token
+        stream.feed(np.zeros(2 * spt, np.float32))
+        stream.flush_pending()
+        self._decode([stream])
+        stream.get()
+        log.info("warm-up done in %.1f s", time.perf_counter() - t0)
+
+    def _take(self, session: Session) -> list:
+        """Commands for this round: feeds up to the audio budget, then at most one other op."""
+        taken, budget = [], self.round_samples
+        while session.inbox and budget > 0:
+            op, samples = session.inbox[0]
+            if op != "feed":
+                session.inbox.popleft()
+                taken.append((op, None))
+                break
+            if len(samples) > budget:
+                session.inbox[0] = (op, samples[budget:])
+                samples = samples[:budget]
+            else:
+                session.inbox.popleft()
+            taken.append((op, samples))
+            budget -= len(samples)
+        return taken
+
+    def _round(self, batch: list) -> None:
+        markers: dict[str, str | None] = {}
+        for session, commands in batch:
+            t0 = time.perf_counter()
+            try:
+                markers[session.id] = self._apply(session, commands)
+            except Exception as e:              # noqa: BLE001 -- one session fails, the rest go on
+                self._fail(session, e)
+            session.work_s += time.perf_counter() - t0
+        ok = [s for s, _ in batch if s.id in markers]
+        streams = [self._streams[s.id] for s in ok if s.id in self._streams]
+        t0 = time.perf_counter()
+        try:
+            self._decode(streams)
+        except Exception as e:                  # noqa: BLE001
+            for session in ok:
+                self._fail(session, e)
+            return
+        for session in ok:
+            session.work_s += (time.perf_counter() - t0) / max(1, len(streams))
+            self._deliver(session, markers[session.id])
+
+    def _apply(self, session: Session, commands: list) -> str | None:
+        """Run a session's commands on its stream (created on demand); return its marker."""
+        marker = None
+        for op, samples in commands:
+            if op == "reset":
+                self._streams.pop(session.id, None)
+                marker = "reset"
+                continue
+            stream = self._streams.get(session.id)
+            if stream is None and op != "feed":  # nothing was fed: nothing to decode
+                marker = "finished" if op == "finish" else "flushed"
+                continue
+            if stream is None:
+                stream = self._streams[session.id] = self._new_stream(session.options)
+            if op == "feed":
+                stream.feed(samples)
+                session.audio_s += len(samples) / self.rate
+            elif op == "flush":
+                stream.flush()
+                marker = "flushed"
+            elif op == "finish":
+                stream.finish()
+                marker = "finished"
+        return marker
+
+    def _deliver(self, session: Session, marker: str | None) -> None:
+        stream = self._streams.get(session.id)
+        events = []
+        tokens = stream.get(with_tokens=True) if stream is not None else []
+        if tokens:
+            events.append(Event("tokens", tokens))
+        if marker == "finished":
+            events.append(Event("finished", stream=self._streams.pop(session.id, None)))
+        elif marker is not None:
+            events.append(Event(marker))
+        if events:
+            session.post(events)
+
+    def _fail(self, session: Session, e: Exception) -> None:
+        log.error("session %s: processing error", session.id, exc_info=e)
+        self._streams.pop(session.id, None)
+        session.post([Event("error", message=f"processing error: {type(e).__name__}: {e}")])

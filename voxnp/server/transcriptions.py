@@ -1,0 +1,265 @@
+"""POST /v1/audio/transcriptions: OpenAI's transcription API over a Stream.
+
+    form fields -> checked options -> decoded upload -> a session (feed, finish)
+      -> json | text | srt | vtt | verbose_json   (the CLI's formats.render for text/srt/vtt)
+      -> or, with stream=true, server-sent events as tokens are decoded
+
+The upload is transcribed exactly as `voxnp FILE` does (same samples, same tokens),
+so the text equals the CLI's output for the same file.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import zlib
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from .. import formats
+from ..errors import VoxnpError
+from .engine import Busy
+from .errors import ApiError, busy_error, error_body, log
+from .pcm import decode_upload
+
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+STREAM_FORMATS = ("json", "text")
+GRANULARITIES = ("segment", "word")
+MB = 1024 * 1024
+
+
+CLIENT_GONE = object()
+
+
+class UploadTooLarge(Exception):
+    pass
+
+
+def limited(receive, limit: int):
+    """An ASGI receive that raises UploadTooLarge once the body passes `limit` bytes
+    (a client that sends no Content-Length is stopped as early as one that lies)."""
+    seen = 0
+
+    async def receive_limited():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise UploadTooLarge()
+        return message
+
+    return receive_limited
+
+
+async def create_transcription(request: Request) -> Response:
+    server = request.app.state.server
+    server.check_ready()
+    limit = server.max_upload_mb * MB
+    too_large = ApiError(413, f"the upload is larger than the server's limit of {server.max_upload_mb:g} MB",
+                         param="file", code="file_too_large")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit + MB:      # + room for the other form fields
+        raise too_large
+    try:
+        form = await Request(request.scope, limited(request.receive, limit + MB)).form(max_files=4, max_fields=64)
+    except UploadTooLarge:
+        raise too_large from None
+    except Exception as e:                                  # noqa: BLE001 -- any parse failure is the client's
+        detail = getattr(e, "detail", None) or getattr(e, "message", None) or str(e) or type(e).__name__
+        raise ApiError(400, f"could not read the form: {detail} (send multipart/form-data with a `file` field)") from None
+    try:
+        options = read_options(form, server)
+        upload = form.get("file")
+        data = await upload.read()
+        name = upload.filename or "file"
+    finally:
+        await form.close()
+    if len(data) > limit:
+        raise too_large
+    if not data:
+        raise ApiError(400, "the uploaded file is empty", param="file", code="empty_file")
+    try:
+        samples = await asyncio.to_thread(decode_upload, data, name)
+    except VoxnpError as e:
+        raise ApiError(400, f"could not decode the audio: {e}", param="file", code="invalid_audio") from None
+    duration = len(samples) / server.engine.rate
+    request.state.log = f"{options['response_format']}{' stream' if options['stream'] else ''} audio {duration:.1f} s"
+    try:
+        session = server.engine.open(prefix="req", delay_ms=options["delay_ms"])
+    except Busy:
+        raise busy_error(server.engine.max_sessions) from None
+    session.feed(samples)
+    session.finish()
+    if options["stream"]:
+        return StreamingResponse(sse_events(session, request), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    try:
+        stream = await until_finished(session, request)
+    finally:
+        session.close()
+        request.state.log += f" work {session.work_s:.2f} s"
+    if stream is CLIENT_GONE:
+        request.state.log += " (client disconnected)"
+        return Response(status_code=499)                 # nobody reads it
+    tokens = stream.tokens if stream is not None else []
+    text = stream.text if stream is not None else ""
+    return render(options, text, tokens, duration, server.served_name)
+
+
+def read_options(form, server) -> dict:
+    """The form's fields, checked: every problem is a 400 naming its field."""
+    upload = form.get("file")
+    if upload is None:
+        raise ApiError(400, "the `file` field is missing (multipart/form-data with the audio file)", param="file")
+    if not isinstance(upload, UploadFile):
+        raise ApiError(400, "the `file` field must be a file upload, not text", param="file")
+    fmt = form.get("response_format") or "json"
+    if fmt not in RESPONSE_FORMATS:
+        raise ApiError(400, f"unknown response_format '{fmt}' (choose from {', '.join(RESPONSE_FORMATS)})",
+                       param="response_format")
+    stream = (form.get("stream") or "false").strip().lower()
+    if stream not in ("true", "false"):
+        raise ApiError(400, f"stream must be true or false, got '{stream}'", param="stream")
+    stream = stream == "true"
+    if stream and fmt not in STREAM_FORMATS:
+        raise ApiError(400, f"stream=true works with response_format json or text, not '{fmt}'",
+                       param="stream")
+    granularities = form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")
+    for g in granularities:
+        if g not in GRANULARITIES:
+            raise ApiError(400, f"unknown timestamp granularity '{g}' (choose from segment, word)",
+                           param="timestamp_granularities[]")
+    temperature = form.get("temperature")              # accepted and ignored: decoding is greedy
+    if temperature is not None:
+        try:
+            float(temperature)
+        except ValueError:
+            raise ApiError(400, f"temperature must be a number, got '{temperature}'", param="temperature") from None
+    delay_ms = form.get("delay_ms")
+    if delay_ms is not None:
+        try:
+            server.engine.model.config.audio.delay_tokens(delay_ms)
+            delay_ms = float(delay_ms)
+        except VoxnpError as e:
+            raise ApiError(400, str(e), param="delay_ms") from None
+    return {"response_format": fmt, "stream": stream, "words": "word" in granularities,
+            "language": form.get("language") or "unknown", "delay_ms": delay_ms}
+
+
+async def until_finished(session, request: Request):
+    """Wait for the session's Stream to finish (CLIENT_GONE if the client went away:
+    closing the session then cancels the work)."""
+    async def transcript():
+        while True:
+            event = await session.next_event()
+            if event.kind == "finished":
+                return event.stream
+            if event.kind == "error":
+                raise ApiError(500, event.message, type="server_error", code="processing_error")
+
+    async def client_gone():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    work = asyncio.ensure_future(transcript())
+    watch = asyncio.ensure_future(client_gone())
+    try:
+        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()
+    return work.result() if work in done else CLIENT_GONE
+
+
+async def sse_events(session, request: Request):
+    """text/event-stream: a transcript.text.delta per round of decoded text, then
+    transcript.text.done (no [DONE]); an error mid-stream is one `error` event.
+    Deltas start at the first non-space character, so they add up to `text`."""
+    started = time.monotonic()
+    sent, outcome = "", "client disconnected"
+    try:
+        while True:
+            event = await session.next_event()
+            if event.kind == "tokens":
+                delta = "".join(t.text for t in event.tokens)
+                if not sent:
+                    delta = delta.lstrip()
+                if delta:
+                    sent += delta
+                    yield sse({"type": "transcript.text.delta", "delta": delta})
+            elif event.kind == "finished":
+                text = event.stream.text.strip() if event.stream is not None else ""
+                yield sse({"type": "transcript.text.done", "text": text})
+                outcome = "done"
+                return
+            elif event.kind == "error":
+                yield sse(error_body(event.message, type="server_error", code="processing_error"))
+                outcome = "error"
+                return
+    finally:
+        session.close()
+        log.info("%s stream: audio %.1f s, work %.2f s, %.2f s, %s", session.id, session.audio_s,
+                 session.work_s, time.monotonic() - started, outcome)
+
+
+def sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+# -- response bodies ------------------------------------------------------
+
+def render(options: dict, text: str, tokens: list, duration: float, model_name: str) -> Response:
+    fmt = options["response_format"]
+    usage = {"type": "duration", "seconds": math.ceil(duration)}
+    if fmt == "json":
+        return JSONResponse({"text": text.strip(), "usage": usage})
+    if fmt == "text":
+        return PlainTextResponse(formats.render("txt", text, tokens, duration))
+    if fmt == "srt":
+        return PlainTextResponse(formats.render("srt", text, tokens, duration))
+    if fmt == "vtt":
+        return Response(formats.render("vtt", text, tokens, duration), media_type="text/vtt; charset=utf-8")
+    return JSONResponse(verbose_json(text, tokens, duration, options, usage))
+
+
+def verbose_json(text: str, tokens: list, duration: float, options: dict, usage: dict) -> dict:
+    """OpenAI's verbose_json: the CLI's segments, each with its tokens and statistics."""
+    segs = formats.segments(tokens, duration)
+    spoken = [t for t in tokens if t.id >= formats.N_SPECIAL]
+    owners = segment_of_each(spoken, segs)
+    out = []
+    for i, s in enumerate(segs):
+        mine = [t for t, owner in zip(spoken, owners) if owner == i]
+        logprobs = [t.logprob for t in mine if getattr(t, "logprob", None) is not None]
+        data = s["text"].encode()
+        out.append({
+            "id": i, "seek": 0, "start": round(s["start"], 3), "end": round(s["end"], 3), "text": s["text"],
+            "tokens": [int(t.id) for t in mine], "temperature": 0.0,
+            "avg_logprob": sum(logprobs) / len(logprobs) if logprobs else 0.0,
+            "compression_ratio": len(data) / len(zlib.compress(data)) if data else 0.0,
+            "no_speech_prob": 0.0,
+        })
+    doc = {"task": "transcribe", "language": options["language"], "duration": round(duration, 3),
+           "text": text.strip(), "segments": out}
+    if options["words"]:
+        doc["words"] = [{"word": w.text.strip(), "start": round(min(w.start, duration), 3),
+                         "end": round(min(w.end, duration), 3)}
+                        for w in formats._words(tokens, pause=0.8) if w.text.strip()]
+    doc["usage"] = usage
+    return doc
+
+
+def segment_of_each(tokens: list, segs: list) -> list:
+    """Index of the segment each text token belongs to: segments are consecutive runs
+    of tokens in time, so a token goes to the first segment not ended before it."""
+    owners, i = [], 0
+    for t in tokens:
+        while i < len(segs) - 1 and t.time > segs[i]["end"]:
+            i += 1
+        owners.append(i)
+    return owners
