@@ -402,8 +402,6 @@ def test_printer_alternatives(capsys):
     assert capsys.readouterr().out == "[a| b][é|è] c\n"
 
 
-@pytest.mark.xfail(reason="needs stream.Stream._alternatives to name candidates with "
-                          "TextDecoder.peek (stream.py is not part of this change)", strict=False)
 def test_alt_shows_no_replacement_character(tiny_dir):
     r = voxnp(shared_audio("jfk.wav"), "--model", tiny_dir, "--alt", "1", *FAST, "--silent")
     assert r.returncode == 0, r.stderr

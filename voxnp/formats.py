@@ -31,12 +31,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .audio import RAW_EXTENSIONS
 from .config import STREAMING_WORD_ID
 from .errors import VoxnpError
 
 FORMATS = ("txt", "json", "srt", "vtt")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a", ".mp4", ".aac", ".webm",
-                    ".aiff", ".aif")
+                    ".aiff", ".aif") + RAW_EXTENSIONS
 N_SPECIAL = 1000            # ids below are control tokens (tekken.json default_num_special_tokens)
 FRAME_S = 0.08              # one decoder token per 80 ms of audio
 SENTENCE_END = ".!?。！？"   # a word ending in one of these ends a segment

@@ -391,9 +391,11 @@ class Stream:
         if self.live and token_id == EOS_ID and not self._finishing:
             self._restart_decoder()                         # EOS mid-stream: not the end
             return
+        # alternatives are named before the token joins the text (they share its held bytes)
+        alternatives = self._alternatives(logits) if self.alt is not None else []
         token = Token(id=token_id, text=self._text.push(token_id), time=t, position=index)
-        if self.alt is not None and token.text:
-            token.alternatives = self._alternatives(logits)
+        if token.text:
+            token.alternatives = alternatives
         if self.record is not None:
             self.record.logits.append(np.asarray(logits, np.float32))
         if not self.live:
@@ -446,7 +448,6 @@ class Stream:
         top = np.argpartition(logits, -k)[-k:]
         top = top[np.argsort(logits[top])[::-1]]
         best = logits[top[0]]
-        tok = self.model.tokenizer
         out = []
         for i in top:
             if i < n_special:
@@ -454,7 +455,7 @@ class Stream:
             ratio = float(np.exp(logits[i] - best))                  # p_i / p_0
             if 1.0 - ratio > self.alt or len(out) == self.alt_count:
                 break
-            out.append((tok.token_name(int(i)), ratio))
+            out.append((self._text.peek(int(i)), ratio))
         return out
 
 
