@@ -66,8 +66,8 @@ async def health(request: Request) -> JSONResponse:
     status, code = ("ok", 200) if engine.ready.is_set() else ("loading model", 503)
     if engine.failed:
         status, code = engine.failed, 500
-    return JSONResponse({"status": status, "sessions": engine.n_sessions, "max_sessions": engine.max_sessions},
-                        status_code=code)
+    return JSONResponse({"status": status, "sessions": engine.n_sessions, "max_sessions": engine.max_sessions,
+                         "backlog_s": round(engine.backlog_s(), 3)}, status_code=code)
 
 
 async def list_models(request: Request) -> JSONResponse:

@@ -61,6 +61,7 @@ class Session:
         self.options = options                  # model.stream() options: delay_ms, live
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.inbox: deque = deque()             # (op, samples | None); guarded by the engine's lock
+        self.queued = 0                         # samples in the inbox: audio not yet run
         self.closed = False
         self.audio_s = 0.0                      # seconds of audio fed (worker-written)
         self.work_s = 0.0                       # seconds of worker time spent on it
@@ -150,6 +151,12 @@ class Engine:
     def n_sessions(self) -> int:
         return len(self._sessions)
 
+    def backlog_s(self) -> float:
+        """Seconds of received audio the busiest session still waits for the worker to run:
+        stays under about `interval` while the server keeps up with its sessions."""
+        with self._cond:
+            return max((s.queued for s in self._sessions.values()), default=0) / self.rate
+
     def open(self, prefix: str = "sess", **options) -> Session:
         """A new session (options for model.stream: delay_ms, live), or Busy."""
         with self._cond:
@@ -165,6 +172,7 @@ class Engine:
             if session.closed:
                 return
             session.inbox.append((op, samples))
+            session.queued += len(samples) if samples is not None else 0
             self._cond.notify()
 
     def close(self, session: Session) -> None:
@@ -174,6 +182,7 @@ class Engine:
                 return
             session.closed = True
             session.inbox.clear()
+            session.queued = 0
             self._sessions.pop(session.id, None)
             self._closing.append(session.id)
             self._cond.notify()
@@ -249,6 +258,7 @@ class Engine:
                 session.inbox.popleft()
             taken.append((op, samples))
             budget -= len(samples)
+            session.queued -= len(samples)
         return taken
 
     def _round(self, batch: list) -> None:

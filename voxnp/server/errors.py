@@ -66,13 +66,12 @@ async def on_api_error(request, e: ApiError):
 
 async def on_http_exception(request, e):
     """Starlette's own 404/405/400s, in OpenAI's shape instead of {"detail": ...}."""
-    kind = {401: "invalid_request_error", 404: "invalid_request_error"}.get(e.status_code, "invalid_request_error")
     message = e.detail if isinstance(e.detail, str) else "bad request"
     if e.status_code == 404:
         message = f"no route {request.method} {request.url.path}"
     elif e.status_code == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"
-    return error_response(ApiError(e.status_code, message, type=kind, headers=getattr(e, "headers", None)))
+    return error_response(ApiError(e.status_code, message, headers=getattr(e, "headers", None)))
 
 
 async def on_unexpected(request, e: Exception):
