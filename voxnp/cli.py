@@ -29,8 +29,11 @@ from dataclasses import dataclass
 
 from .backend import BACKENDS
 from .checkpoint import PRESETS
+from .decoder import MAX_ROWS
 from .errors import VoxnpError
 from .formats import FORMATS
+from .quant import WEIGHT_FORMATS
+from .scheduler import DEFAULT_SPECULATE
 
 
 # ---------------------------------------------------------------------------
@@ -79,6 +82,11 @@ THREADS = Option("threads", None, "CPU threads (default: $VOXNP_THREADS, else al
                  type=int, low=1, metavar="N")
 DELAY = Option("delay", None, "transcription delay in ms, 80..2400 in steps of 80 (default: 480)",
                type=float, metavar="MS")
+SPECULATE = Option("speculate", DEFAULT_SPECULATE, "speculative decoding: verify K drafted tokens "
+                   "per decoder pass, 0 = off (the output is the same for every K)",
+                   type=int, low=0, high=MAX_ROWS - 1, metavar="K")
+WEIGHTS = Option("weights", "bf16", "weight format (bf16 is the checkpoint itself and the reference; "
+                 "int8 and q4 are converted once and cached)", choices=WEIGHT_FORMATS, metavar="FMT")
 RAW = Option("raw", False, "read every audio file as raw s16le 16 kHz mono, whatever its name "
              "(names ending in .raw, .pcm or .s16le always are)", kind="switch")
 
@@ -105,6 +113,11 @@ TRANSCRIBE = Command(
         Option("format", "txt", "output format", choices=FORMATS, metavar="FORMAT"),
         Option("output_dir", None, "write one FORMAT file per input here (named after it) "
                "instead of stdout", metavar="DIR"),
+        SPECULATE,
+        Option("batch", 1, "decode up to N files together (their decoder steps share each read "
+               "of the weights); outputs stay in input order", type=int, low=1, high=MAX_ROWS,
+               metavar="N"),
+        WEIGHTS,
         THREADS,
         BACKEND,
         Option("silent", False, "print only the transcript: no timing line, no progress",
@@ -120,7 +133,30 @@ COMMANDS = {c.name: c for c in (
             (Option("steps", None, "stop after this many tokens", type=int, low=0, metavar="K"),
              Option("teacher", None, ".npy of token ids fed as the previous tokens instead of "
                     "the argmax", metavar="IDS.npy"),
-             DELAY, RAW, THREADS, BACKEND)),
+             DELAY, RAW, SPECULATE, WEIGHTS, THREADS, BACKEND)),
+    Command("quantize", "cli:quantize", "convert a model's weights once to int8 or q4, written "
+            "next to it (otherwise the first --weights run converts into the cache directory)",
+            (("MODEL", "model directory"),),
+            (Option("to", None, "target format", choices=tuple(f for f in WEIGHT_FORMATS if f != "bf16"),
+                    metavar="FMT"),
+             Option("out", None, "output file (default: MODEL/consolidated.FMT.safetensors)",
+                    metavar="PATH"))),
+    Command("serve", "cli:serve", "serve OpenAI-compatible transcription (REST) and the realtime "
+            "websocket (vLLM's and OpenAI's dialects); needs pip install \"voxnp[serve]\"", (),
+            (Option("model", None, "model directory (default: as for transcription)", short=("-d", "-m"),
+                    metavar="DIR"),
+             Option("host", "127.0.0.1", "address to bind (0.0.0.0: every interface)", metavar="ADDR"),
+             Option("port", 8000, "TCP port", type=int, low=1, high=65535, metavar="N"),
+             Option("api_key", None, "require Authorization: Bearer KEY on every route but /health",
+                    metavar="KEY"),
+             WEIGHTS,
+             Option("max_sessions", 4, "concurrent requests and realtime sessions (503 beyond)",
+                    type=int, low=1, metavar="N"),
+             Option("max_upload_mb", 25.0, "largest upload accepted (413 beyond)", type=float,
+                    low=0.0, metavar="MB"),
+             Option("served_name", "mistralai/Voxtral-Mini-4B-Realtime-2602", "model id reported "
+                    "by /v1/models", metavar="NAME"),
+             SPECULATE, THREADS, BACKEND)),
     Command("download", "download:download_command", "fetch the published model files (8.9 GB)",
             (),
             (Option("dir", None, "directory to download into (default: $VOXNP_HOME/"
@@ -386,7 +422,7 @@ def timing_line(load_s: float, t) -> str:
 
 
 def transcribe(*files, model, stdin, from_mic, raw, delay, interval, alt, format, output_dir,
-               threads, backend, silent, debug):
+               speculate, batch, weights, threads, backend, silent, debug):
     """Transcribe audio files, stdin or the microphone (options: TRANSCRIBE above)."""
     from . import model as model_mod
     from .formats import expand_inputs
@@ -401,13 +437,13 @@ def transcribe(*files, model, stdin, from_mic, raw, delay, interval, alt, format
         except OSError as e:
             raise VoxnpError(f"{output_dir}: cannot create output directory ({e.strerror})") from None
     t0 = time.perf_counter()
-    m = model_mod.load(model, backend=backend, threads=threads)
+    m = model_mod.load(model, backend=backend, threads=threads, weights=weights)
     load_s = time.perf_counter() - t0
     if debug:
         c = m.config
         log(f"model {m.path}: encoder {c.encoder.n_layers}x{c.encoder.dim}, decoder "
             f"{c.decoder.n_layers}x{c.decoder.dim}, vocab {c.decoder.vocab_size}, load {1000 * load_s:.0f} ms")
-    options = dict(delay_ms=delay, alt=alt)
+    options = dict(delay_ms=delay, alt=alt, speculate=speculate)
     if stdin or from_mic:
         from .live import run_live
 
@@ -416,13 +452,17 @@ def transcribe(*files, model, stdin, from_mic, raw, delay, interval, alt, format
         if not silent:
             log(timing_line(load_s, t))
         return None
-    failed = 0
-    for path in expand_inputs(files):
-        try:
-            transcribe_one(m, path, raw, format, output_dir, options, silent, load_s)
-        except VoxnpError as e:
-            log(f"voxnp: error: {e}")
-            failed += 1
+    paths = expand_inputs(files)
+    if batch > 1 and len(paths) > 1:
+        failed = transcribe_batch(m, paths, batch, raw, format, output_dir, options, silent, load_s)
+    else:
+        failed = 0
+        for path in paths:
+            try:
+                transcribe_one(m, path, raw, format, output_dir, options, silent, load_s)
+            except VoxnpError as e:
+                log(f"voxnp: error: {e}")
+                failed += 1
     if failed:
         raise SystemExit(1)
     return None
@@ -464,23 +504,81 @@ def transcribe_one(m, path, raw, fmt, output_dir, options, silent, load_s):
         log(f"{path}: {timing_line(load_s, result.timings)}")
 
 
-def dump(model, audio, out, *, steps, teacher, delay, raw, threads, backend):
+def transcribe_batch(m, paths, batch, raw, fmt, output_dir, options, silent, load_s) -> int:
+    """Several inputs decoded together (--batch): each output, in input order, once its
+    file is done. Returns the number of inputs that failed."""
+    from functools import partial
+
+    from .audio import load_audio
+    from .formats import output_path, render, write_atomic
+
+    failed = 0
+    loaders = [partial(load_audio, p, raw=raw) for p in paths]
+    results = m.transcribe_many(loaders, batch=batch, **options)
+    for path, result in zip(paths, results):
+        if isinstance(result, VoxnpError):
+            log(f"voxnp: error: {result}")
+            failed += 1
+            continue
+        if fmt == "txt" and output_dir is None:
+            printer = Printer(alt=options["alt"] is not None)
+            for token in result.tokens:
+                printer.token(token)
+            printer.end()
+        else:
+            document = render(fmt, result.text, result.tokens, result.audio_seconds, model=str(m.path))
+            if output_dir is None:
+                sys.stdout.write(document)
+                sys.stdout.flush()
+            else:
+                out = output_path(path, output_dir, fmt)
+                write_atomic(out, document)
+                if not silent:
+                    log(f"wrote {out}")
+        if not silent:
+            log(f"{path}: {timing_line(load_s, result.timings)}")
+    return failed
+
+
+def dump(model, audio, out, *, steps, teacher, delay, raw, speculate, weights, threads, backend):
     """Write every intermediate of one transcription to an .npz (options: COMMANDS["dump"])."""
     from . import model as model_mod
     from .audio import load_audio
     from .dump import check_output, dump_arrays, read_teacher, write_npz_atomic
 
     check_output(out)
-    m = model_mod.load(model, backend=backend, threads=threads)
+    m = model_mod.load(model, backend=backend, threads=threads, weights=weights)
     ids = None
     if teacher is not None:
         ids = read_teacher(teacher)
         bad = ids[(ids < 0) | (ids >= m.config.decoder.vocab_size)]
         if len(bad):
             raise VoxnpError(f"{teacher}: token id {int(bad[0])} outside the vocabulary (0..{m.config.decoder.vocab_size - 1})")
-    arrays = dump_arrays(m, load_audio(audio, raw=raw), delay_ms=delay, steps=steps, teacher=ids)
+    arrays = dump_arrays(m, load_audio(audio, raw=raw), delay_ms=delay, steps=steps, teacher=ids,
+                         speculate=speculate)
     write_npz_atomic(out, arrays)
     log(f"wrote {out}: " + ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items()))
+
+
+def quantize(model, *, to, out):
+    """Convert a model's weights once (options: COMMANDS["quantize"])."""
+    from .quant_file import quantize_model
+
+    if to is None:
+        raise VoxnpError("voxnp quantize needs --to int8 or --to q4")
+    log(f"wrote {quantize_model(model, to, out=out, progress=sys.stderr.isatty())}")
+
+
+def serve(*, model, host, port, api_key, weights, max_sessions, max_upload_mb, served_name,
+          speculate, threads, backend):
+    """Run the server (options: COMMANDS["serve"])."""
+    try:
+        from . import server
+    except ImportError as e:
+        raise VoxnpError(f"voxnp serve needs its extra: pip install \"voxnp[serve]\" ({e})") from None
+    server.main(model=model, host=host, port=port, api_key=api_key, weights=weights,
+                max_sessions=max_sessions, max_upload_mb=max_upload_mb, served_name=served_name,
+                speculate=speculate, threads=threads, backend=backend)
 
 
 def checkpoint(out, *, preset, seed, overwrite):

@@ -207,10 +207,10 @@ def microphone_audio(block_s: float = 0.1, max_backlog_s: float = 5.0, keep_s: f
             yield x
 
 
-def run_live(model, printer, source: str = "stdin", interval: float = 2.0, delay_ms=None, alt=None):
-    """Transcribe stdin or the microphone until it ends (or Ctrl-C); returns the timings."""
-    stream = Stream(model, delay_ms=delay_ms, interval=interval, alt=alt, live=True,
-                    on_token=printer.token)
+def run_live(model, printer, source: str = "stdin", interval: float = 2.0, **options):
+    """Transcribe stdin or the microphone until it ends (or Ctrl-C); returns the timings.
+    options: as for Stream (delay_ms, alt, speculate, ...)."""
+    stream = Stream(model, interval=interval, live=True, on_token=printer.token, **options)
     gate = SilenceGate() if source == "mic" else None
     chunks = microphone_audio() if source == "mic" else stdin_audio()
     try:

@@ -26,6 +26,9 @@ from .config import STREAMING_PAD_ID
 from .decoder import MAX_ROWS, decode_rows
 
 
+DEFAULT_SPECULATE = 2  # drafted tokens per pass by default (bench/speculate.py measures the best)
+
+
 def pad_drafter(tokens: list[int], k: int) -> list[int]:
     """The default drafter: the next k tokens are [STREAMING_PAD] (60-75% of the tokens
     of real speech are)."""

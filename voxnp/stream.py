@@ -26,6 +26,7 @@ from .config import BOS_ID, EOS_ID, STREAMING_PAD_ID
 from .decoder import MAX_ROWS, decode, new_decoder_state
 from .encoder import adapt, encode, new_encoder_state
 from .mel import LogMel
+from .scheduler import DEFAULT_SPECULATE, Scheduler, StepPlan, pad_drafter
 from .tokenizer import TextDecoder
 
 
@@ -69,7 +70,8 @@ class Stream:
     of SPEC §10, None = off) and alt_count, max_tokens, teacher (ids fed as the
     previous tokens instead of the argmax), record (keep intermediates for dumps).
 
-    speculate=k verifies k drafted tokens per decoder pass (0 = off); drafter is a
+    speculate=k verifies k drafted tokens per decoder pass (0 = off; default
+    scheduler.DEFAULT_SPECULATE); drafter is a
     callable (tokens so far, k) -> k token ids, default: k x [STREAMING_PAD] (the
     tokens are the stream's own list, at least the latest 256 when live: read only). The
     tokens are exactly those of speculate=0. scheduled=True: feed/flush/finish only
@@ -87,15 +89,13 @@ class Stream:
     def __init__(self, model, delay_ms: float | None = None, interval: float = 2.0,
                  alt: float | None = None, alt_count: int = 3, max_tokens: int | None = None,
                  teacher=None, record: bool = False, on_token=None, live: bool = False,
-                 speculate: int = 0, drafter=None, scheduled: bool = False):
+                 speculate: int = DEFAULT_SPECULATE, drafter=None, scheduled: bool = False):
         cfg = model.config
         if isinstance(speculate, bool) or not isinstance(speculate, (int, np.integer)) \
                 or not 0 <= speculate < MAX_ROWS:
             raise ValueError(f"speculate must be a whole number 0..{MAX_ROWS - 1}, got {speculate!r}")
         if drafter is not None and not callable(drafter):
             raise ValueError("drafter must be a callable (tokens so far, k) -> k token ids")
-        from .scheduler import pad_drafter
-
         self.speculate = int(speculate)
         self.drafter = drafter or pad_drafter
         self.scheduled = scheduled
@@ -298,8 +298,6 @@ class Stream:
     def _decode_available(self, now: bool = False) -> None:
         """Decode what the audio allows (unless a scheduler does it for this stream)."""
         if now or not self.scheduled:
-            from .scheduler import Scheduler
-
             Scheduler(self.model).run([self])
 
     # -- the decoder protocol the scheduler drives (scheduler.py) ----------
@@ -337,8 +335,6 @@ class Stream:
     def plan(self, n: int):
         """The inputs of the next n positions: row 0 is fed the previous token, row i
         the drafted (or, with a teacher, the known) token i."""
-        from .scheduler import StepPlan
-
         m = self.model
         if self.teacher is not None:
             drafts = self.teacher[self.n_tokens:self.n_tokens + n - 1]
@@ -482,6 +478,9 @@ def _feeds(stream: Stream, n_samples: int) -> list[tuple[int, int]]:
 
 
 def _as_samples(audio) -> np.ndarray:
+    """An input: a path, float32 samples at 16 kHz, or a callable returning them."""
+    if callable(audio):
+        audio = audio()
     if isinstance(audio, (str, Path)):
         from .audio import load_audio
 
@@ -516,7 +515,6 @@ def transcribe_many(model, inputs, batch: int = 4, delay_ms: float | None = None
     `transcribe` gives for that input alone.
     """
     from .errors import VoxnpError
-    from .scheduler import Scheduler
 
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= batch <= MAX_ROWS:
         raise ValueError(f"batch must be a whole number 1..{MAX_ROWS}, got {batch!r}")
