@@ -15,9 +15,12 @@ included) while the network runs.
 A session holds one of `max_sessions` slots from open() to close(). Its Stream is
 created by its first command, dropped when it finishes or is reset, and dropped at
 close() whatever it was doing: a client that disconnects cancels its work.
-A round gives each session at most `interval` seconds of new audio, so one long
-upload cannot hold up the live sessions; how audio is cut into rounds does not
-change the tokens (a stream fed in any chunking gives the offline tokens).
+Rounds come every `interval` seconds while audio arrives (at once for a flush,
+finish or reset, or when a session has `interval` seconds waiting), and each takes
+every session's waiting audio, at most `interval` seconds of it: sessions streaming
+at real-time pace are fed together and share decoder passes, and one long upload
+cannot hold up the live sessions. How audio is cut into rounds does not change the
+tokens (a stream fed in any chunking gives the offline tokens).
 """
 from __future__ import annotations
 
@@ -200,7 +203,7 @@ class Engine:
     def _new_stream(self, options: dict):
         if self.scheduler is not None:
             options = dict(options, scheduled=True, speculate=self.speculate)
-        return LogprobStream(self.model, interval=self.interval, **options)
+        return LogprobStream(self.model, interval=0, **options)  # the rounds decide when it runs
 
     def _decode(self, streams: list) -> None:
         """Decode every position these streams can decode now: the one place the decoder
@@ -217,18 +220,36 @@ class Engine:
             self.failed = f"warm-up failed: {e}"
             return
         self.ready.set()
+        last_round = 0.0
         while True:
             with self._cond:
-                while not (self._stop or self._closing or any(s.inbox for s in self._sessions.values())):
-                    self._cond.wait()
+                while (wait := self._until_next_round(last_round)) != 0:
+                    self._cond.wait(timeout=wait)
                 if self._stop:
                     return
-                for sid in self._closing:
-                    self._streams.pop(sid, None)
-                self._closing.clear()
+                last_round = time.monotonic()
                 batch = [(s, self._take(s)) for s in list(self._sessions.values()) if s.inbox]
-            if batch:
-                self._round(batch)
+            self._round(batch)
+
+    def _until_next_round(self, last_round: float) -> float | None:
+        """Seconds until the next round is due (0: now; None: when a command comes).
+
+        A round is due at once for a flush/finish/reset or a session with a round's
+        worth of audio waiting; otherwise `interval` after the last one began. So
+        sessions that stream at real-time pace are all fed in the same rounds, and their
+        new positions share decoder passes, whatever the phase of their appends.
+        """
+        for sid in self._closing:               # closed sessions: drop their streams
+            self._streams.pop(sid, None)
+        self._closing.clear()
+        waiting = [s for s in self._sessions.values() if s.inbox]
+        if self._stop:
+            return 0
+        if not waiting:
+            return None
+        if any(s.queued >= self.round_samples or any(op != "feed" for op, _ in s.inbox) for s in waiting):
+            return 0
+        return max(0.0, last_round + self.interval - time.monotonic())
 
     def _warm_up(self) -> None:
         """Compute the left padding for the default delay and run every kernel once,
@@ -243,8 +264,9 @@ class Engine:
         log.info("warm-up done in %.1f s", time.perf_counter() - t0)
 
     def _take(self, session: Session) -> list:
-        """Commands for this round: feeds up to the audio budget, then at most one other op."""
-        taken, budget = [], self.round_samples
+        """Commands for this round: its audio (up to `interval` seconds, as one feed),
+        then at most one other command."""
+        audio, taken, budget = [], [], self.round_samples
         while session.inbox and budget > 0:
             op, samples = session.inbox[0]
             if op != "feed":
@@ -256,9 +278,11 @@ class Engine:
                 samples = samples[:budget]
             else:
                 session.inbox.popleft()
-            taken.append((op, samples))
+            audio.append(samples)
             budget -= len(samples)
             session.queued -= len(samples)
+        if audio:
+            taken.insert(0, ("feed", np.concatenate(audio)))
         return taken
 
     def _round(self, batch: list) -> None:
