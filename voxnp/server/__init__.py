@@ -77,9 +77,7 @@ def main(model=None, host: str = "127.0.0.1", port: int = 8000, api_key: str | N
     engine = Engine(m, max_sessions=max_sessions, interval=interval, speculate=speculate)
     server = Server(engine, served_name=str(served_name), api_key=str(api_key) if api_key else None,
                     max_upload_mb=max_upload_mb, strict_model=bool(strict_model))
-    logging.getLogger("voxnp.server").info(
-        "model %s (%s), max %d sessions, %s", m.path, weights, max_sessions,
-        "batched scheduler" if engine.scheduler is not None else "one stream at a time")
+    logging.getLogger("voxnp.server").info("model %s (%s), at most %d sessions", m.path, weights, max_sessions)
     engine.start()
     config = uvicorn.Config(build_app(server), host=str(host), port=port, log_level=str(log_level),
                             access_log=False, ws_max_size=WS_MAX_FRAME, ws_ping_interval=20.0,

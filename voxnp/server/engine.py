@@ -7,8 +7,8 @@ included) while the network runs.
     asyncio side                          worker thread, one round
     session.feed(samples) ─┐              1. take each session's queued commands
     session.flush()        ├── inbox ──>     (at most `interval` seconds of audio each)
-    session.finish()       │              2. apply them to the session's Stream
-    session.reset()       ─┘              3. decode: every stream's new positions
+    session.finish()       │              2. apply them to the session's Stream (encoder)
+    session.reset()       ─┘              3. decode: all streams' new positions, sharing passes
     session.events  <── call_soon_threadsafe ── 4. new tokens, then a marker
                                                    ("flushed", "finished", "reset")
 
@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..scheduler import Scheduler
 from ..stream import Stream
 
 log = logging.getLogger("voxnp.server")
@@ -128,7 +129,7 @@ class Engine:
         rate = model.config.audio.sampling_rate
         self.rate = rate
         self.round_samples = max(model.config.audio.samples_per_token, int(interval * rate))
-        self.scheduler = self._new_scheduler()
+        self.scheduler = Scheduler(model)
         self.ready = threading.Event()          # set once the warm-up is done
         self.failed: str | None = None          # the warm-up's error, if any
         self._cond = threading.Condition()
@@ -192,24 +193,15 @@ class Engine:
 
     # -- the worker thread ------------------------------------------------
 
-    def _new_scheduler(self):
-        """The batched scheduler (decoder steps shared by all streams), where there is one."""
-        try:
-            from ..scheduler import Scheduler
-        except ImportError:
-            return None
-        return Scheduler(self.model)
-
     def _new_stream(self, options: dict):
-        if self.scheduler is not None:
-            options = dict(options, scheduled=True, speculate=self.speculate)
-        return LogprobStream(self.model, interval=0, **options)  # the rounds decide when it runs
+        # scheduled: feed/flush/finish run the encoder only, _decode runs the decoder;
+        # interval 0: the network runs on each feed (the rounds decide when that is)
+        return LogprobStream(self.model, interval=0, scheduled=True, speculate=self.speculate, **options)
 
     def _decode(self, streams: list) -> None:
-        """Decode every position these streams can decode now: the one place the decoder
-        runs for the server. With the scheduler their rows share each decoder pass (one
-        read of the weights for all); plain streams already decoded inside feed/flush/finish."""
-        if self.scheduler is not None and streams:
+        """Decode every position these streams can decode now, their rows sharing each
+        decoder pass (one read of the weights for up to 8 rows): the batched scheduler."""
+        if streams:
             self.scheduler.run(streams)
 
     def _work(self) -> None:

@@ -58,30 +58,7 @@ def limited(receive, limit: int):
 async def create_transcription(request: Request) -> Response:
     server = request.app.state.server
     server.check_ready()
-    limit = server.max_upload_mb * MB
-    too_large = ApiError(413, f"the upload is larger than the server's limit of {server.max_upload_mb:g} MB",
-                         param="file", code="file_too_large")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit + MB:      # + room for the other form fields
-        raise too_large
-    try:
-        form = await Request(request.scope, limited(request.receive, limit + MB)).form(max_files=4, max_fields=64)
-    except UploadTooLarge:
-        raise too_large from None
-    except Exception as e:                                  # noqa: BLE001 -- any parse failure is the client's
-        detail = getattr(e, "detail", None) or getattr(e, "message", None) or str(e) or type(e).__name__
-        raise ApiError(400, f"could not read the form: {detail} (send multipart/form-data with a `file` field)") from None
-    try:
-        options = read_options(form, server)
-        upload = form.get("file")
-        data = await upload.read()
-        name = upload.filename or "file"
-    finally:
-        await form.close()
-    if len(data) > limit:
-        raise too_large
-    if not data:
-        raise ApiError(400, "the uploaded file is empty", param="file", code="empty_file")
+    options, data, name = await read_form(request, server)
     try:
         samples = await asyncio.to_thread(decode_upload, data, name)
     except VoxnpError as e:
@@ -95,7 +72,7 @@ async def create_transcription(request: Request) -> Response:
     session.feed(samples)
     session.finish()
     if options["stream"]:
-        return StreamingResponse(sse_events(session, request), media_type="text/event-stream",
+        return StreamingResponse(sse_events(session), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
         stream = await until_finished(session, request)
@@ -105,9 +82,38 @@ async def create_transcription(request: Request) -> Response:
     if stream is CLIENT_GONE:
         request.state.log += " (client disconnected)"
         return Response(status_code=499)                 # nobody reads it
-    tokens = stream.tokens if stream is not None else []
-    text = stream.text if stream is not None else ""
-    return render(options, text, tokens, duration, server.served_name)
+    if stream is None:                                   # nothing was decoded
+        return render(options, "", [], duration)
+    return render(options, stream.text, stream.tokens, duration)
+
+
+async def read_form(request: Request, server) -> tuple[dict, bytes, str]:
+    """(checked options, the file's bytes, its name); 400 or 413 otherwise."""
+    limit = server.max_upload_mb * MB
+    too_large = ApiError(413, f"the upload is larger than the server's limit of {server.max_upload_mb:g} MB",
+                         param="file", code="file_too_large")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit + MB:      # + room for the other form fields
+        raise too_large
+    try:
+        form = await Request(request.scope, limited(request.receive, limit + MB)).form(max_files=4, max_fields=64)
+    except UploadTooLarge:
+        raise too_large from None
+    except Exception as e:                                  # noqa: BLE001 -- any parse failure is the client's
+        detail = getattr(e, "detail", None) or str(e) or type(e).__name__
+        raise ApiError(400, f"could not read the form: {detail} (send multipart/form-data with a `file` field)") from None
+    try:
+        options = read_options(form, server)
+        upload = form.get("file")
+        data = await upload.read()
+        name = upload.filename or "file"
+    finally:
+        await form.close()
+    if len(data) > limit:
+        raise too_large
+    if not data:
+        raise ApiError(400, "the uploaded file is empty", param="file", code="empty_file")
+    return options, data, name
 
 
 def read_options(form, server) -> dict:
@@ -176,7 +182,7 @@ async def until_finished(session, request: Request):
     return work.result() if work in done else CLIENT_GONE
 
 
-async def sse_events(session, request: Request):
+async def sse_events(session):
     """text/event-stream: a transcript.text.delta per round of decoded text, then
     transcript.text.done (no [DONE]); an error mid-stream is one `error` event.
     Deltas start at the first non-space character, so they add up to `text`."""
@@ -213,7 +219,7 @@ def sse(obj: dict) -> str:
 
 # -- response bodies ------------------------------------------------------
 
-def render(options: dict, text: str, tokens: list, duration: float, model_name: str) -> Response:
+def render(options: dict, text: str, tokens: list, duration: float) -> Response:
     fmt = options["response_format"]
     usage = {"type": "duration", "seconds": math.ceil(duration)}
     if fmt == "json":
