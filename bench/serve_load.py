@@ -16,7 +16,8 @@ at real-time pace, their starts spread over one --interval. Measured per level:
 
 A level whose backlog passes 3 x --bound is cut short (closing its sockets drops its
 work), and the levels stop there. The answer is the largest N that keeps up.
-Without --model, the full-size random checkpoint of bench.py (bench/cache/full) is used.
+Without --model, the full-size random checkpoint of bench.py (bench/cache/full) is used;
+converted weights go to bench/cache/voxnp (VOXNP_CACHE_DIR), shared with bench/quant.py.
 """
 from __future__ import annotations
 
@@ -143,6 +144,7 @@ def main(model=None, weights="bf16", streams="1,2,3,4", seconds: float = 20.0, i
     from voxnp.audio import load_audio
 
     counts = [int(x) for x in str(streams).replace("(", "").replace(")", "").split(",") if str(x).strip()]
+    os.environ.setdefault("VOXNP_CACHE_DIR", str(HERE / "cache" / "voxnp"))   # the server inherits it
     model = Path(model) if model is not None else full_checkpoint()
     speech = load_audio(SHARED_AUDIO / SPEECH)[:int(seconds * 16000)]
     pcm = np.round(speech * 32768).astype("<i2").tobytes()

@@ -101,7 +101,8 @@ async def read_form(request: Request, server) -> tuple[dict, bytes, str]:
         raise too_large from None
     except Exception as e:                                  # noqa: BLE001 -- any parse failure is the client's
         detail = getattr(e, "detail", None) or str(e) or type(e).__name__
-        raise ApiError(400, f"could not read the form: {detail} (send multipart/form-data with a `file` field)") from None
+        raise ApiError(400, f"could not read the form: {detail} "
+                       "(send multipart/form-data with a `file` field)") from None
     try:
         options = read_options(form, server)
         upload = form.get("file")
