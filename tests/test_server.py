@@ -411,6 +411,15 @@ def bad_requests(server, clip) -> None:
             assert all(a["type"] == "error" and isinstance(a["error"], str) for a in answers)
             done = await vllm_utterance(ws, clip[1][:16000])              # the socket still works
             assert done["done"]["type"] == "transcription.done"
+        async with await connect(server) as ws:       # more audio waiting than --max-upload-mb allows
+            minute = b64(pcm16(np.zeros(60 * 16000, np.float32)))
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": minute}))
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": minute}))
+            answer = json.loads(await ws.recv())
+            assert answer["type"] == "error" and answer["code"] == "invalid_audio", answer
+        async with await connect(server) as ws:       # an odd session.update is answered, not fatal
+            await ws.send(json.dumps({"type": "session.update", "session": {"audio": "odd", "type": "transcription"}}))
+            assert json.loads(await ws.recv())["type"] == "session.updated"
         async with await connect(server) as ws:                           # disconnect mid-decode
             for _ in range(10):
                 await ws.send(json.dumps({"type": "input_audio_buffer.append",

@@ -37,6 +37,11 @@ class Server:
     strict_model: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
+    @property
+    def max_backlog_samples(self) -> int:
+        """Audio a websocket may have waiting for the worker: --max-upload-mb of PCM16."""
+        return int(self.max_upload_mb * 1024 * 1024) // 2
+
     def check_ready(self) -> None:
         if self.engine.failed:
             raise ApiError(500, self.engine.failed, type="server_error")

@@ -36,6 +36,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:20]}"
 
 
+def member(obj, key: str) -> dict:
+    """obj[key] when both are JSON objects, else {} (a client's session.update may be anything)."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
 async def realtime_endpoint(websocket: WebSocket) -> None:
     server = websocket.app.state.server
     problem = None
@@ -130,7 +136,21 @@ class Connection:
             if self.dialect is None:
                 opens_openai = event["type"] == "session.update" and isinstance(event.get("session"), dict)
                 self.dialect = OpenAIDialect(self) if opens_openai else VllmDialect(self)
-            await self.dialect.on_event(event)
+            try:
+                await self.dialect.on_event(event)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                raise
+            except Exception as e:                # noqa: BLE001 -- a bug must not end the session
+                log.error("%s: error handling %s", self.id, event["type"], exc_info=e)
+                await self._error(f"internal error handling {event['type']} (logged on the server)",
+                                  "processing_error")
+
+    def backlog_problem(self, n: int) -> str | None:
+        """Why n more samples cannot be queued (too much audio waiting), or None."""
+        if self.session.queued + n <= self.server.max_backlog_samples:
+            return None
+        return ("too much audio is waiting to be transcribed: send it at real-time pace "
+                f"(at most {self.server.max_upload_mb:g} MB of PCM16 may wait)")
 
     async def _error(self, message: str, code: str) -> None:
         dialect = self.dialect or VllmDialect(self)
@@ -166,9 +186,13 @@ class VllmDialect:
                 await self.error(problem, "model_not_found")
         elif kind == "input_audio_buffer.append":
             try:
-                self.conn.session.feed(self.pcm.decode(event.get("audio")))
+                samples = self.pcm.decode(event.get("audio"))
             except ValueError as e:
-                await self.error(f"invalid audio data: {e}", "invalid_audio")
+                return await self.error(f"invalid audio data: {e}", "invalid_audio")
+            problem = self.conn.backlog_problem(len(samples))
+            if problem:
+                return await self.error(problem, "invalid_audio")
+            self.conn.session.feed(samples)
         elif kind == "input_audio_buffer.commit":
             if event.get("final") is True:
                 self.pcm.end()
@@ -250,8 +274,8 @@ class OpenAIDialect:
         if session.get("type", "transcription") != "transcription":
             return await self.error("voxnp serves transcription sessions only (session.type "
                                     "\"transcription\")", "invalid_value", "session.type", event)
-        audio_in = (session.get("audio") or {}).get("input") or {}
-        fmt = audio_in.get("format") or {}
+        audio_in = member(member(session, "audio"), "input")
+        fmt = member(audio_in, "format")
         if fmt.get("type", "audio/pcm") != "audio/pcm":
             return await self.error("only audio/pcm input is supported", "invalid_value",
                                     "session.audio.input.format.type", event)
@@ -267,7 +291,7 @@ class OpenAIDialect:
                 return await self.error("server-side voice activity detection is not offered: set "
                                         "turn_detection to null and commit the buffer yourself",
                                         "unsupported_turn_detection", where, event)
-        model = (audio_in.get("transcription") or session.get("input_audio_transcription") or {}).get("model")
+        model = (member(audio_in, "transcription") or member(session, "input_audio_transcription")).get("model")
         problem = self.conn.model_problem(model)
         if problem:
             return await self.error(problem, "model_not_found", "session.audio.input.transcription.model", event)
@@ -285,6 +309,9 @@ class OpenAIDialect:
             samples = self.pcm.decode(event.get("audio"))
         except ValueError as e:
             return await self.error(f"invalid audio data: {e}", "invalid_audio", "audio", event)
+        problem = self.conn.backlog_problem(len(samples))
+        if problem:
+            return await self.error(problem, "invalid_audio", "audio", event)
         if self.open_item is None:
             self.open_item = Item(new_id("item"), self.last_id)
             self.last_id = self.open_item.id
