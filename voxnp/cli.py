@@ -8,6 +8,7 @@
     voxnp download [--dir DIR]    fetch the published model
     voxnp inspect MODEL           list tensors, configuration and problems
     voxnp checkpoint OUT          write a random-weight model (tests, benchmarks)
+    voxnp batch INPUT... --output-dir DIR   a corpus, resumably, here or on Ray (--ray)
 
 Every command and option is one entry in COMMANDS. `parse` reads a command line with
 that table (flags in any position, switches that never take a file name, voxtral.c's
@@ -22,6 +23,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 import sys
 import textwrap
 import time
@@ -47,13 +49,16 @@ class Option:
     default: object                  # its value when the option is not given
     help: str
     kind: str = "value"              # "value": takes one argument | "switch": takes none |
-                                     # "input": takes a file, added to the command's files
+                                     # "input": takes a file, added to the command's files |
+                                     # "optional": takes =VALUE or a next word that matches
+                                     # `pattern`; given alone, its value is True
     type: type = str                 # how a value is read: str, int or float
     short: tuple[str, ...] = ()      # other spellings, e.g. voxtral.c's "-d"
     metavar: str = "VALUE"
     choices: tuple = ()              # the allowed values, when they are a list
     low: float | None = None         # the allowed range of a number, inclusive
     high: float | None = None
+    pattern: str = ""                # kind "optional": the shape of a value given as the next word
 
     @property
     def flag(self) -> str:
@@ -157,6 +162,29 @@ COMMANDS = {c.name: c for c in (
              Option("served_name", "mistralai/Voxtral-Mini-4B-Realtime-2602", "model id reported "
                     "by /v1/models", metavar="NAME"),
              SPECULATE, THREADS, BACKEND)),
+    Command("batch", "batch:batch_command", "transcribe a corpus into DIR: one output per input "
+            "(written atomically) and manifest.jsonl; runs again resume; here or on a Ray cluster",
+            (("INPUT...", "audio files, directories (searched recursively), glob patterns, or "
+                          ".txt/.lst/.list files listing paths (one per line)"),),
+            (Option("output_dir", None, "where the outputs and manifest.jsonl go (required)",
+                    metavar="DIR"),
+             Option("format", "txt", "output format", choices=FORMATS, metavar="FORMAT"),
+             Option("model", None, "model directory (default: as for transcription)",
+                    short=("-d", "-m"), metavar="DIR"),
+             WEIGHTS,
+             Option("ray", None, "run on a Ray cluster: ADDRESS is HOST:PORT, ray://HOST:PORT or "
+                    "auto; without one, $RAY_ADDRESS, else a new local cluster (needs pip install "
+                    "\"voxnp[ray]\")", kind="optional", metavar="[ADDRESS]",
+                    pattern=r"auto|local|ray://\S+|[\w.-]+:\d+|\[[0-9a-fA-F:]+\]:\d+"),
+             Option("workers", None, "with --ray: worker actors, each holding the model once "
+                    "(default: one per node)", type=int, low=1, metavar="N"),
+             Option("batch", 4, "files a worker decodes together", type=int, low=1, high=MAX_ROWS,
+                    metavar="N"),
+             Option("retry_failed", False, "transcribe again the inputs that failed before",
+                    kind="switch"),
+             Option("force", False, "start over in a DIR whose manifest was written with another "
+                    "model or options", kind="switch"),
+             THREADS, BACKEND)),
     Command("download", "download:download_command", "fetch the published model files (8.9 GB)",
             (),
             (Option("dir", None, "directory to download into (default: $VOXNP_HOME/"
@@ -239,6 +267,10 @@ def parse(argv: list[str]) -> Request:
                 raise VoxnpError(f"{flag} takes no value")
             request.values[opt.name] = switch_value(flag, text) if has_value else not negated
             continue
+        if opt.kind == "optional" and not has_value:
+            if not (i < len(words) and re.fullmatch(opt.pattern, words[i])):
+                request.values[opt.name] = True
+                continue
         if not has_value:
             if i == len(words):
                 raise VoxnpError(f"{flag} needs a value ({opt.metavar})")
