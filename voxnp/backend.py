@@ -2,9 +2,11 @@
 
 - "numpy": `ops.py`, the plain definitions (slow, for reading and testing);
 - "numba": `kernels.py`, the fast CPU kernels (default);
-- "cupy":  `kernels_cupy.py`, NVIDIA GPUs (optional `cupy` package).
-"auto" is "numba". All share one interface: linear, rms_norm, gelu, silu, embed,
-rope, rope_frequencies, attention.
+- "cupy":  `kernels_cupy.CupyBackend`, NVIDIA GPUs (optional `cupy` package).
+"auto" is "numba". All share one interface: linear, keep_float32, rms_norm, gelu,
+silu, embed, rope, rope_frequencies, attention, attention_in_cache; `xp`, the array
+namespace activations and KV rings live in (numpy, or cupy), and `to_numpy`, which
+brings an array back to the host (token ids, dumps, snapshots).
 """
 from __future__ import annotations
 
@@ -25,9 +27,9 @@ def get_backend(name: str = "auto", threads: int | None = None):
 
         return ops
     if name == "cupy":
-        from . import kernels_cupy
+        from .kernels_cupy import CupyBackend
 
-        return kernels_cupy
+        return CupyBackend()   # a one-line VoxnpError without CuPy or a GPU
     from . import kernels
 
     return kernels

@@ -4,7 +4,9 @@ input norm is scaled by the transcription delay (ada-RMSNorm), then the tied LM 
 Each position's input is the sum of an audio embedding and a token embedding. The
 decoder runs several positions at once for the prompt (prefill) and one position
 per 80 ms token afterwards; every layer keeps its keys and values in a circular
-buffer the size of its sliding window.
+buffer the size of its sliding window. Activations, the delay scales and the rings are
+arrays of the backend's namespace `ops.xp` (NumPy, or CuPy on a GPU); what comes back
+from a pass is the logits, left where they were computed.
 """
 from __future__ import annotations
 
@@ -54,14 +56,15 @@ def time_embedding(delay_tokens: int, dim: int) -> np.ndarray:
 def new_decoder_state(cfg: ModelConfig, w: DecoderWeights, delay_tokens: int, ops) -> DecoderState:
     """Empty caches plus the per-layer ada-RMSNorm scales for this delay (computed once)."""
     d = cfg.decoder
-    t_cond = time_embedding(delay_tokens, d.dim)[None, :]                          # [1, 3072]
-    scales = np.stack([
+    xp = ops.xp
+    t_cond = xp.asarray(time_embedding(delay_tokens, d.dim)[None, :])              # [1, 3072]
+    scales = xp.stack([
         1.0 + ops.linear(ops.gelu(ops.linear(t_cond, layer.ada_down)), layer.ada_up)[0]  # [3072]
         for layer in w.layers]).astype(np.float32)                                   # [26, 3072]
     # keys are appended before attention reads them, so a pass of n rows needs n spare
     # slots beyond the window: MAX_ROWS for steps, the prompt's L - 1 for the prefill
     spare = max(MAX_ROWS, cfg.audio.n_left_pad_tokens + delay_tokens)
-    caches = [KVCache(d.sliding_window, d.n_kv_heads, d.head_dim, spare=spare)
+    caches = [KVCache(d.sliding_window, d.n_kv_heads, d.head_dim, spare=spare, xp=xp)
               for _ in range(d.n_layers)]
     return DecoderState(caches=caches, ffn_scales=scales)
 
@@ -83,7 +86,7 @@ def decoder_layer(h: np.ndarray, w: DecoderLayerWeights, i: int, states: list[De
     v = ops.linear(x, w.wv).reshape(R, d.n_kv_heads, d.head_dim)            # [R, 8, 128]
     q = ops.rope(q, positions, inv_freq)
     k = ops.rope(k, positions, inv_freq)
-    a = np.empty((R, d.n_heads * d.head_dim), np.float32)                    # [R, 4096]
+    a = ops.xp.empty((R, d.n_heads * d.head_dim), np.float32)                # [R, 4096]
     for state, r in zip(states, rows):                                       # each sequence its own ring
         cache = state.caches[i]
         cache.append(k[r], v[r])
@@ -113,13 +116,14 @@ def decode_rows(inputs: np.ndarray, states: list[DecoderState], counts: list[int
     (or of each sequence's last row [S, vocab] without all_logits)."""
     ends = np.cumsum(counts)
     rows = [slice(e - n, e) for n, e in zip(counts, ends)]
-    positions = np.concatenate([s.n_positions + np.arange(n) for s, n in zip(states, counts)])  # [R]
+    positions = ops.xp.asarray(np.concatenate([s.n_positions + np.arange(n)
+                                               for s, n in zip(states, counts)]))  # [R]
     h = inputs
     for i, layer in enumerate(w.layers):
         h = decoder_layer(h, layer, i, states, rows, positions, cfg, ops, inv_freq)
     for state, n in zip(states, counts):
         state.n_positions += n
     if not all_logits:
-        h = h[ends - 1]                                                      # [S, 3072]
+        h = h[ops.xp.asarray(ends - 1)]                                      # [S, 3072]
     last = ops.rms_norm(h, w.norm, cfg.decoder.norm_eps)                     # [R or S, 3072]
     return ops.linear(last, w.lm_head)                                       # [R or S, 131072] tied head

@@ -26,6 +26,9 @@ except ImportError:  # pragma: no cover - a source checkout that was never built
     raise VoxnpError("voxnp's compiled kernels are missing: install with `pip install .` "
                      "(or `pip install -e .` in a checkout)") from None
 
+xp = np                   # activations are NumPy arrays
+to_numpy = ops.to_numpy
+
 # Up to this many rows, streaming BF16 weights through the Cython kernel beats widening
 # them for BLAS (measured on [9216, 3072]: 4 rows 6.6 vs 9.4 ms; 16 rows 17 vs 13 ms).
 FEW_ROWS = 8

@@ -1,13 +1,27 @@
-"""NVIDIA GPU versions of the heavy ops (CuPy), with the signatures of `ops.py`.
+"""The NVIDIA GPU backend (CuPy): the ops of `ops.py` with activations on the device.
 
-Arrays go in and come out as NumPy, so the model code is the same for every backend;
-what is big lives on the GPU. Each weight matrix is uploaded once and widened from
-BF16 to float32 on the device (17.7 GB for the real model), and each KV cache gets a
-device mirror that this module's attention appends to as it goes (uploaded whole
-only when the host cache changed otherwise: a restart or a restored state). The light ops (norms, activations, RoPE, embedding rows)
-stay on the host: they move kilobytes per step.
+    voxnp speech.wav --backend cupy        # pip install "voxnp[gpu]" (CuPy for CUDA 12/13)
 
-    voxnp speech.wav --backend cupy        # pip install "voxnp[gpu]" (CuPy for CUDA 12)
+`get_backend("cupy")` returns a `CupyBackend`, whose `xp` is the `cupy` module: the
+model code (encoder.py, decoder.py, stream.py) builds its activations, norms, RoPE,
+softmax and KV rings with it, so they stay on the GPU, and a decoder pass hands back
+only each row's token id. What the backend owns:
+
+- `DeviceWeights`: the checkpoint on the GPU as BF16 bits (uint16), uploaded once
+  (8.9 GB for the real model), every weight a view into it; float32 copies only of
+  the vectors (norms, biases) and of the matrices `keep_float32` names (the encoder's
+  feed-forward ones, used with many rows);
+- `linear`: up to FEW_ROWS rows (a decoder step, speculative rows, a few streams) go
+  through `bf16_rows`, a kernel that widens each weight exactly (bits << 16) while it
+  streams it and accumulates in float32; more rows (encoder, prefill) run float32
+  cuBLAS on the kept copy or on blocks widened into a scratch buffer. Nothing is
+  rounded to bf16 or tf32;
+- attention reads the visible window of a ring in place (at most two slot runs).
+
+The custom kernels (CUDA source below) sit behind `CudaKernels`, whose methods have
+NumPy twins in `KernelTwins`: the tests run the backend through a NumPy stand-in for
+CuPy with the twins (no GPU on CI), and bench/gpu.py checks kernels against twins on
+a GPU.
 """
 from __future__ import annotations
 
@@ -16,115 +30,411 @@ import numpy as np
 from . import ops
 from .errors import VoxnpError
 
-try:
-    import cupy as cp
-except ImportError:
-    raise VoxnpError("the cupy backend needs CuPy and an NVIDIA GPU: pip install \"voxnp[gpu]\"") from None
-
-_weights: dict[int, tuple] = {}   # id(host view) -> (host view, device float32)
-_rings: dict[int, list] = {}      # id(KVCache) -> [cache, device k, device v, device length]
-
-
-def _on_device(w: np.ndarray):
-    """The device float32 copy of a BF16 weight (uploaded and widened on first use)."""
-    entry = _weights.get(id(w))
-    if entry is None or entry[0] is not w:
-        bits = cp.asarray(np.ascontiguousarray(w)).astype(cp.uint32)
-        entry = (w, (bits << 16).view(cp.float32))
-        _weights[id(w)] = entry
-    return entry[1]
+FEW_ROWS = 8                 # rows through the BF16 kernel; more go to cuBLAS (float32)
+KEEP_MIN_ROWS = 64           # a kept float32 copy is made on the first product with this many rows
+SCRATCH_FLOATS = 1 << 25     # widened weight rows per cuBLAS call: 128 MiB, a whole [9216, 3072]
+QUERY_CHUNK = 256            # encoder queries scored at once (bounds the scores' memory)
+RESERVE_BYTES = 2 << 30      # activations, rings of one stream, scratch, CUDA context
+UPLOAD_CHUNK = 1 << 28       # bytes per host-to-device copy of the checkpoint
 
 
-def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """y = x @ W.T (+ b) on the GPU: x [..., in] float32, W [out, in] BF16 -> [..., out]."""
-    y = cp.asarray(x, dtype=cp.float32) @ _on_device(w).T
-    if bias is not None:
-        y += _on_device(bias)
-    return cp.asnumpy(y)
+def import_cupy():
+    """The cupy module, with a GPU behind it; else a one-line VoxnpError saying which is missing."""
+    try:
+        import cupy
+    except ImportError:
+        raise VoxnpError("the cupy backend needs CuPy: pip install \"voxnp[gpu]\" "
+                         "(or cupy-cuda12x / cupy-cuda13x)") from None
+    except Exception as e:  # a broken install: CUDA libraries missing, ...
+        raise VoxnpError(f"the cupy backend could not load CuPy: {_first_line(e)}") from None
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # no driver, no device
+        raise VoxnpError(f"the cupy backend needs an NVIDIA GPU, and CUDA finds none ({_first_line(e)})") from None
+    if n == 0:
+        raise VoxnpError("the cupy backend needs an NVIDIA GPU, and CUDA finds none")
+    return cupy
 
 
-def keep_float32(weights) -> None:
-    """Every weight is kept as float32 on the device anyway."""
+def _first_line(e: Exception) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
 
 
-def _ring(cache):
-    """The device mirror of a host KVCache; uploaded again if the host cache changed
-    behind its back (a reset, or a state restored from a snapshot)."""
-    entry = _rings.get(id(cache))
-    if entry is None or entry[0] is not cache:
-        entry = [cache, cp.zeros(cache.k.shape, cp.float32), cp.zeros(cache.v.shape, cp.float32), 0]
-        _rings[id(cache)] = entry
-    if entry[3] != cache.length:
-        entry[1][...] = cp.asarray(cache.k)
-        entry[2][...] = cp.asarray(cache.v)
-        entry[3] = cache.length
-    return entry
+# ---------------------------------------------------------------------------
+# the custom kernels (CUDA) and their NumPy twins
+
+_BF16_ROWS_SOURCE = r"""
+// y[t, n] = sum_k x[t, k] * float32(W[n, k]) for T <= 8 rows of x.
+// One warp computes ROWS weight rows; lane l reads the row in 16-byte pieces
+// (8 BF16) when `vec`, else one BF16 at a time. A BF16 widens exactly: bits << 16.
+// Each row t's sum has the same order whatever T is (fmaf per element, then a
+// butterfly over the lanes), so T rows give what T one-row calls give.
+#define MAX_T 8
+#define ROWS 2
+extern "C" __global__ void bf16_rows(const float* __restrict__ x, const unsigned short* __restrict__ w,
+                                     float* __restrict__ y, int T, int N, int K, int vec)
+{
+    const int lane = threadIdx.x & 31;
+    const int n0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * ROWS;
+    if (n0 >= N) return;
+    float acc[ROWS][MAX_T];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+        for (int t = 0; t < MAX_T; ++t) acc[r][t] = 0.0f;
+    if (vec) {
+        for (int i = lane; i < K / 8; i += 32) {
+            float wf[ROWS][8];
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) {
+                uint4 b = make_uint4(0, 0, 0, 0);
+                if (n0 + r < N) b = __ldg(reinterpret_cast<const uint4*>(w + (size_t)(n0 + r) * K) + i);
+                wf[r][0] = __uint_as_float(b.x << 16); wf[r][1] = __uint_as_float(b.x & 0xffff0000u);
+                wf[r][2] = __uint_as_float(b.y << 16); wf[r][3] = __uint_as_float(b.y & 0xffff0000u);
+                wf[r][4] = __uint_as_float(b.z << 16); wf[r][5] = __uint_as_float(b.z & 0xffff0000u);
+                wf[r][6] = __uint_as_float(b.w << 16); wf[r][7] = __uint_as_float(b.w & 0xffff0000u);
+            }
+#pragma unroll
+            for (int t = 0; t < MAX_T; ++t) {
+                if (t < T) {
+                    const float4* xt = reinterpret_cast<const float4*>(x + (size_t)t * K) + 2 * i;
+                    const float4 a = __ldg(xt), c = __ldg(xt + 1);
+#pragma unroll
+                    for (int r = 0; r < ROWS; ++r) {
+                        float s = acc[r][t];
+                        s = fmaf(wf[r][0], a.x, s); s = fmaf(wf[r][1], a.y, s);
+                        s = fmaf(wf[r][2], a.z, s); s = fmaf(wf[r][3], a.w, s);
+                        s = fmaf(wf[r][4], c.x, s); s = fmaf(wf[r][5], c.y, s);
+                        s = fmaf(wf[r][6], c.z, s); s = fmaf(wf[r][7], c.w, s);
+                        acc[r][t] = s;
+                    }
+                }
+            }
+        }
+    } else {
+        for (int k = lane; k < K; k += 32) {
+            float wf[ROWS];
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r)
+                wf[r] = n0 + r < N ? __uint_as_float(((unsigned int)w[(size_t)(n0 + r) * K + k]) << 16) : 0.0f;
+#pragma unroll
+            for (int t = 0; t < MAX_T; ++t)
+                if (t < T) {
+                    const float a = x[(size_t)t * K + k];
+#pragma unroll
+                    for (int r = 0; r < ROWS; ++r) acc[r][t] = fmaf(wf[r], a, acc[r][t]);
+                }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+        for (int t = 0; t < MAX_T; ++t) {
+            float s = acc[r][t];
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+            if (lane == 0 && t < T && n0 + r < N) y[(size_t)t * N + n0 + r] = s;
+        }
+}
+"""
+_BF16_ROWS_PER_WARP = 2
+_WARPS_PER_BLOCK = 4
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache, window: int) -> np.ndarray:
-    """Same contract as `ops.attention`; keys and values are appended to the device ring."""
-    T, H, hd = q.shape
-    Hkv = k.shape[1]
-    group = H // Hkv
-    entry = _ring(cache)
-    _, ring_k, ring_v, length = entry
-    S = min(length, cache.capacity)
-    slots = np.arange(S)
-    old_pos = cp.asarray(length - 1 - ((length - 1 - slots) % cache.capacity))          # [S]
-    q_pos = cp.asarray(length + np.arange(T))                                           # [T]
-    key_pos = cp.concatenate([old_pos, q_pos])                                          # [S+T]
-    kd = cp.asarray(k).transpose(1, 0, 2)                                               # [Hkv, T, hd]
-    vd = cp.asarray(v).transpose(1, 0, 2)
-    keys = cp.concatenate([ring_k[:, :S], kd], axis=1)                                  # [Hkv, S+T, hd]
-    values = cp.concatenate([ring_v[:, :S], vd], axis=1)
-    qd = cp.asarray(q).transpose(1, 0, 2).reshape(Hkv, group * T, hd) / np.float32(np.sqrt(hd))
-    scores = (qd @ keys.transpose(0, 2, 1)).reshape(Hkv, group, T, S + T)
-    visible = (key_pos[None, :] <= q_pos[:, None]) & (key_pos[None, :] > q_pos[:, None] - window)
-    scores = cp.where(visible, scores, -cp.inf)
-    scores = cp.exp(scores - scores.max(axis=-1, keepdims=True))
-    scores /= scores.sum(axis=-1, keepdims=True)
-    out = scores.reshape(Hkv, group * T, S + T) @ values                                # [Hkv, g*T, hd]
-    first = max(0, T - cache.capacity)                                                  # append, as the host does
-    new_slots = cp.asarray((length + np.arange(first, T)) % cache.capacity)
-    ring_k[:, new_slots] = kd[:, first:]
-    ring_v[:, new_slots] = vd[:, first:]
-    entry[3] = length + T
-    out = out.reshape(Hkv, group, T, hd).transpose(2, 0, 1, 3).reshape(T, H * hd)
-    return cp.asnumpy(out)
+class CudaKernels:
+    """The backend's custom kernels, compiled on first use (NVRTC, cached by CuPy)."""
+
+    def __init__(self, cp):
+        self.cp = cp
+        self._bf16_rows = cp.RawKernel(_BF16_ROWS_SOURCE, "bf16_rows")
+        self._widen = cp.ElementwiseKernel("uint16 w", "float32 y",
+                                           "y = __uint_as_float(((unsigned int)w) << 16)", "voxnp_widen")
+        self._gelu = cp.ElementwiseKernel("float32 x", "float32 y",
+                                          "y = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f))", "voxnp_gelu")
+
+    def bf16_rows(self, x, w):
+        """x [T, K] float32 (T <= FEW_ROWS), w [N, K] BF16 bits -> x @ float32(w).T [T, N]."""
+        cp = self.cp
+        T, K = x.shape
+        N = w.shape[0]
+        x = cp.ascontiguousarray(x, dtype=cp.float32)
+        if x.data.ptr % 16:
+            x = x.copy()
+        vec = int(K % 8 == 0 and w.data.ptr % 16 == 0)
+        y = cp.empty((T, N), cp.float32)
+        warps = -(-N // _BF16_ROWS_PER_WARP)
+        blocks = -(-warps // _WARPS_PER_BLOCK)
+        self._bf16_rows((blocks,), (32 * _WARPS_PER_BLOCK,),
+                        (x, w, y, np.int32(T), np.int32(N), np.int32(K), np.int32(vec)))
+        return y
+
+    def widen(self, w, out=None):
+        """float32(w) for BF16 bits w (any shape), written into the front of `out` if given."""
+        if out is None:
+            return self._widen(w)
+        return self._widen(w, out[:w.size].reshape(w.shape))
+
+    def gelu(self, x):
+        """Exact GELU, x/2 (1 + erf(x / sqrt 2)), in float32."""
+        return self._gelu(x)
 
 
-def attention_in_cache(q: np.ndarray, cache, window: int) -> np.ndarray:
-    """Same contract as `ops.attention_in_cache`. The device ring is brought up to date
-    with the positions the host appended since (a reset or restore uploads it whole)."""
-    T, H, hd = q.shape
-    entry = _rings.get(id(cache))
-    if entry is None or entry[0] is not cache or entry[4] != cache.generation:
-        entry = [cache, cp.asarray(cache.k), cp.asarray(cache.v), cache.length, cache.generation]
-        _rings[id(cache)] = entry
-    _, ring_k, ring_v, synced, _ = entry
-    new = np.arange(min(synced, cache.length - T), cache.length)
-    slots = new % cache.capacity
-    ring_k[:, slots] = cp.asarray(cache.k[:, slots])
-    ring_v[:, slots] = cp.asarray(cache.v[:, slots])
-    entry[3] = cache.length
-    Hkv = ring_k.shape[0]
-    group = H // Hkv
-    S = min(cache.length, cache.capacity)
-    key_pos = cp.asarray(cache.length - 1 - ((cache.length - 1 - np.arange(S)) % cache.capacity))  # [S]
-    q_pos = cp.asarray(cache.length - T + np.arange(T))                                 # [T]
-    qd = cp.asarray(q).transpose(1, 0, 2).reshape(Hkv, group * T, hd) / np.float32(np.sqrt(hd))
-    scores = (qd @ ring_k[:, :S].transpose(0, 2, 1)).reshape(Hkv, group, T, S)
-    visible = (key_pos[None, :] <= q_pos[:, None]) & (key_pos[None, :] > q_pos[:, None] - window)
-    scores = cp.where(visible, scores, -cp.inf)
-    scores = cp.exp(scores - scores.max(axis=-1, keepdims=True))
-    scores /= scores.sum(axis=-1, keepdims=True)
-    out = scores.reshape(Hkv, group * T, S) @ ring_v[:, :S]                             # [Hkv, g*T, hd]
-    return cp.asnumpy(out.reshape(Hkv, group, T, hd).transpose(2, 0, 1, 3).reshape(T, H * hd))
+class KernelTwins:
+    """The plain NumPy definitions of `CudaKernels` (same signatures): the tests run
+    the backend through a NumPy stand-in for CuPy with these."""
+
+    def bf16_rows(self, x, w):
+        return ops.linear(np.asarray(x, np.float32), w)
+
+    def widen(self, w, out=None):
+        y = (np.asarray(w).astype(np.uint32) << 16).view(np.float32)
+        if out is None:
+            return y
+        out[:w.size] = y.reshape(-1)
+        return out[:w.size].reshape(w.shape)
+
+    def gelu(self, x):
+        return ops.gelu(x)
 
 
-rms_norm = ops.rms_norm
-gelu = ops.gelu
-silu = ops.silu
-embed = ops.embed
-rope = ops.rope
-rope_frequencies = ops.rope_frequencies
+# ---------------------------------------------------------------------------
+# the checkpoint on the device
+
+
+class DeviceWeights:
+    """Device copies of the host weights the model passes to the ops (owned by the backend).
+
+    A weight is a view into a memory-mapped checkpoint: the whole mapped buffer goes to
+    the GPU once, as bytes, and each weight becomes a view into that copy (no second
+    copy of anything). An array not inside such a buffer is copied alone. Every entry
+    keeps its host array, so an id is never mistaken for a recycled one.
+    """
+
+    def __init__(self, cp, kernels):
+        self.cp = cp
+        self.kernels = kernels
+        self._buffers: dict[int, tuple] = {}   # id(host buffer) -> (buffer, device bytes, shift)
+        self._bits: dict[int, tuple] = {}      # id(host view) -> (view, device BF16 bits)
+        self._float32: dict[int, tuple] = {}   # id(host view) -> (view, device float32)
+        self._kept: dict[int, np.ndarray] = {}  # id(host matrix) -> matrix named by keep_float32
+        self.kept_bytes = 0                     # float32 bytes keep_float32 asked for
+
+    def bits(self, w: np.ndarray):
+        """The device uint16 array holding the BF16 weight w (same shape)."""
+        entry = self._bits.get(id(w))
+        if entry is None or entry[0] is not w:
+            entry = (w, self._upload(w))
+            self._bits[id(w)] = entry
+        return entry[1]
+
+    def float32(self, w: np.ndarray):
+        """A device float32 copy of the BF16 weight w (vectors, kept matrices)."""
+        entry = self._float32.get(id(w))
+        if entry is None or entry[0] is not w:
+            entry = (w, self.kernels.widen(self.bits(w)))
+            self._float32[id(w)] = entry
+        return entry[1]
+
+    def constant(self, a: np.ndarray):
+        """A device copy of a small host array that is not BF16 (RoPE frequencies)."""
+        entry = self._float32.get(id(a))
+        if entry is None or entry[0] is not a:
+            entry = (a, self.cp.asarray(a))
+            self._float32[id(a)] = entry
+        return entry[1]
+
+    def keep(self, weights) -> None:
+        for w in weights:
+            if id(w) not in self._kept:
+                self._kept[id(w)] = w
+                self.kept_bytes += 4 * w.size
+
+    def kept(self, w) -> bool:
+        return self._kept.get(id(w)) is w
+
+    def has_float32(self, w) -> bool:
+        entry = self._float32.get(id(w))
+        return entry is not None and entry[0] is w
+
+    def _upload(self, w: np.ndarray):
+        root = w
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        start = w.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+        inside = (root is not w and w.flags.c_contiguous and root.flags.c_contiguous
+                  and 0 <= start and start + w.nbytes <= root.nbytes)
+        if not inside:
+            return self.cp.asarray(np.ascontiguousarray(w))
+        entry = self._buffers.get(id(root))
+        if entry is None or entry[0] is not root:
+            # shift the copy so that the tensors (at a common offset mod 16) start 16-byte aligned
+            shift = -start % 16
+            entry = (root, self._copy_buffer(root, shift), shift)
+            self._buffers[id(root)] = entry
+        _, device, shift = entry
+        begin = shift + start
+        return device[begin:begin + w.nbytes].view(np.uint16).reshape(w.shape)
+
+    def _copy_buffer(self, root: np.ndarray, shift: int):
+        """The whole host buffer on the device, after `shift` bytes; checks the memory first."""
+        cp = self.cp
+        need = root.nbytes + self.kept_bytes + RESERVE_BYTES
+        free, total = cp.cuda.runtime.memGetInfo()
+        if need > free:
+            raise VoxnpError(f"too little GPU memory for the model: it needs ~{need / 1e9:.1f} GB "
+                             f"({root.nbytes / 1e9:.1f} GB of BF16 weights, {self.kept_bytes / 1e9:.1f} GB "
+                             f"of float32 encoder copies, {RESERVE_BYTES / 1e9:.1f} GB working memory), "
+                             f"the GPU has {free / 1e9:.1f} GB free of {total / 1e9:.1f} GB"
+                             + (" (VOXNP_ENCODER_F32=0 drops the encoder copies)" if self.kept_bytes else ""))
+        flat = root.reshape(-1).view(np.uint8)
+        device = cp.empty(shift + flat.size, np.uint8)
+        for a in range(0, flat.size, UPLOAD_CHUNK):
+            b = min(flat.size, a + UPLOAD_CHUNK)
+            device[shift + a:shift + b] = cp.asarray(flat[a:b])
+        return device
+
+
+# ---------------------------------------------------------------------------
+# the backend
+
+
+class CupyBackend:
+    """The ops of `ops.py` on an NVIDIA GPU (same signatures; arrays are CuPy's)."""
+
+    FEW_ROWS = FEW_ROWS
+
+    def __init__(self, cp=None, kernels=None):
+        self.xp = cp if cp is not None else import_cupy()   # the array namespace of activations
+        self.kernels = kernels if kernels is not None else CudaKernels(self.xp)
+        self.weights = DeviceWeights(self.xp, self.kernels)
+        self._scratch = None                                  # widened weight rows for cuBLAS
+
+    def to_numpy(self, a) -> np.ndarray:
+        return self.xp.asnumpy(a)
+
+    # -- linear layers
+
+    def keep_float32(self, weights) -> None:
+        """These matrices get a float32 copy on their first product with many rows (the
+        encoder's feed-forward ones). Uploads the checkpoint now, so a GPU with too
+        little memory is reported when the model is loaded."""
+        weights = list(weights)
+        self.weights.keep(weights)
+        if weights:
+            self.weights.bits(weights[0])
+
+    def linear(self, x, w, bias=None):
+        """y = x @ W.T (+ b): x [..., in] float32, W [out, in] BF16 (host view) -> [..., out]."""
+        xp = self.xp
+        n_out, n_in = w.shape
+        rows = x.reshape(-1, n_in)
+        T = rows.shape[0]
+        if T <= FEW_ROWS:
+            y = self.kernels.bf16_rows(rows, self.weights.bits(w))                 # [T, out]
+        elif self.weights.kept(w) and (self.weights.has_float32(w) or T >= KEEP_MIN_ROWS):
+            y = rows @ self.weights.float32(w).T                                   # cuBLAS, float32
+        else:
+            y = self._widened_blocks(rows, w)
+        if bias is not None:
+            y = y + self.weights.float32(bias)
+        return xp.ascontiguousarray(y).reshape(*x.shape[:-1], n_out)
+
+    def _widened_blocks(self, rows, w):
+        """Many rows: blocks of weight rows widened into the scratch buffer, then cuBLAS."""
+        xp = self.xp
+        n_out, n_in = w.shape
+        bits = self.weights.bits(w)
+        block = max(1, min(n_out, SCRATCH_FLOATS // n_in))
+        if self._scratch is None or self._scratch.size < block * n_in:
+            self._scratch = xp.empty(block * n_in, np.float32)
+        xt = xp.ascontiguousarray(rows.T)                                          # [in, T]
+        yt = xp.empty((n_out, rows.shape[0]), np.float32)                          # [out, T]
+        for r0 in range(0, n_out, block):
+            r1 = min(n_out, r0 + block)
+            yt[r0:r1] = self.kernels.widen(bits[r0:r1], self._scratch) @ xt
+        return yt.T
+
+    # -- elementwise ops and norms
+
+    def rms_norm(self, x, weight, eps: float):
+        """x / sqrt(mean(x^2) + eps) * w over the last axis, in float32."""
+        xp = self.xp
+        ms = xp.mean(xp.square(x), axis=-1, keepdims=True)
+        return x / xp.sqrt(ms + np.float32(eps)) * self.weights.float32(weight)
+
+    def gelu(self, x):
+        return self.kernels.gelu(x)
+
+    def silu(self, x):
+        return x / (np.float32(1.0) + self.xp.exp(-x))
+
+    def embed(self, table, ids):
+        """Rows of a BF16 embedding table [vocab, dim] -> float32 [n, dim] on the device."""
+        index = self.xp.asarray(np.asarray(ids, dtype=np.int64))
+        return self.kernels.widen(self.weights.bits(table)[index])
+
+    rope_frequencies = staticmethod(ops.rope_frequencies)
+
+    def rope(self, x, positions, inv_freq):
+        """Interleaved RoPE, x [T, H, hd], positions [T] -> [T, H, hd] (angles in float64)."""
+        xp = self.xp
+        inv = self.weights.constant(inv_freq).astype(np.float64)
+        angle = xp.asarray(positions).astype(np.float64)[:, None] * inv[None, :]    # [T, hd/2]
+        cos = xp.cos(angle).astype(np.float32)[:, None, :]                          # [T, 1, hd/2]
+        sin = xp.sin(angle).astype(np.float32)[:, None, :]
+        even, odd = x[..., 0::2], x[..., 1::2]                                       # [T, H, hd/2]
+        out = xp.empty_like(x)
+        out[..., 0::2] = even * cos - odd * sin
+        out[..., 1::2] = even * sin + odd * cos
+        return out
+
+    # -- attention over the rings (read in place: the visible window only)
+
+    def attention(self, q, k, v, cache, window: int):
+        """Same contract as `ops.attention` (the encoder: new keys not yet appended)."""
+        T, H, hd = q.shape
+        L = cache.length
+        kh, vh = k.transpose(1, 0, 2), v.transpose(1, 0, 2)                      # [Hkv, T, hd]
+        out = self.xp.empty((T, H, hd), np.float32)
+        for c0 in range(0, T, QUERY_CHUNK):
+            c1 = min(T, c0 + QUERY_CHUNK)
+            first_old = max(L + c0 - window + 1, L - cache.n_valid())
+            parts = [(cache.k[:, s:s + n], cache.v[:, s:s + n], p) for p, s, n in cache.slot_runs(first_old, L)]
+            n0 = max(0, c0 - window + 1)
+            parts.append((kh[:, n0:c1], vh[:, n0:c1], L + n0))                   # the block's own keys
+            out[c0:c1] = self._attend(q[c0:c1], parts, L + c0, window)
+        return out.reshape(T, H * hd)
+
+    def attention_in_cache(self, q, cache, window: int):
+        """Same contract as `ops.attention_in_cache` (the decoder: the T rows are appended)."""
+        T, H, hd = q.shape
+        L = cache.length
+        if T > cache.spare + 1 and L > cache.capacity:
+            raise ValueError(f"{T} positions appended at once to a ring with {cache.spare} spare slots")
+        first = max(L - T - window + 1, L - cache.n_valid())
+        parts = [(cache.k[:, s:s + n], cache.v[:, s:s + n], p) for p, s, n in cache.slot_runs(first, L)]
+        return self._attend(q, parts, L - T, window).reshape(T, H * hd)
+
+    def _attend(self, q, parts, first_pos: int, window: int):
+        """Queries at first_pos.. [C, H, hd] over key runs [(k, v [Hkv, n, hd], first position)]
+        with the causal sliding-window mask. -> [C, H, hd]."""
+        xp = self.xp
+        C, H, hd = q.shape
+        Hkv = parts[0][0].shape[0]
+        group = H // Hkv
+        qg = (q * np.float32(1.0 / np.sqrt(hd))).transpose(1, 0, 2).reshape(Hkv, group * C, hd)  # [Hkv, g*C, hd]
+        scores = xp.concatenate([qg @ kp.transpose(0, 2, 1) for kp, _, _ in parts], axis=2)   # [Hkv, g*C, N]
+        key_pos = xp.concatenate([xp.arange(p, p + kp.shape[1]) for kp, _, p in parts])      # [N]
+        q_pos = first_pos + xp.arange(C)                                                      # [C]
+        visible = (key_pos[None, :] <= q_pos[:, None]) & (key_pos[None, :] > q_pos[:, None] - window)
+        scores = xp.where(visible, scores.reshape(Hkv, group, C, -1), np.float32(-np.inf))                # [Hkv, g, C, N]
+        scores = xp.exp(scores - scores.max(axis=-1, keepdims=True))
+        scores = (scores / scores.sum(axis=-1, keepdims=True)).reshape(Hkv, group * C, -1)
+        out = xp.zeros((Hkv, group * C, hd), np.float32)
+        start = 0
+        for _, vp, _ in parts:
+            n = vp.shape[1]
+            out += scores[:, :, start:start + n] @ vp                                         # [Hkv, g*C, hd]
+            start += n
+        return out.reshape(Hkv, group, C, hd).transpose(2, 0, 1, 3).reshape(C, H, hd)

@@ -9,6 +9,10 @@ Visibility is by logical position (a query at p sees p - window < j <= p), not b
 what the slots hold. With `spare` slots beyond the window, up to `spare` positions
 can be appended speculatively without evicting anything a later query may see, and
 taking them back is `truncate(length)`: the slots are simply overwritten later.
+
+The buffers live where the backend computes: `xp` is its array namespace (NumPy, or
+CuPy for rings on the GPU). Positions first..last-1 occupy at most two contiguous slot
+ranges (`slot_runs`), so appends and reads are slices, never gathers.
 """
 from __future__ import annotations
 
@@ -16,24 +20,38 @@ import numpy as np
 
 
 class KVCache:
-    def __init__(self, window: int, n_kv_heads: int, head_dim: int, spare: int = 0):
+    def __init__(self, window: int, n_kv_heads: int, head_dim: int, spare: int = 0, xp=np):
         capacity = window + spare
         self.window = window
         self.spare = spare
         self.capacity = capacity
-        self.k = np.zeros((n_kv_heads, capacity, head_dim), dtype=np.float32)  # [Hkv, W, hd]
-        self.v = np.zeros((n_kv_heads, capacity, head_dim), dtype=np.float32)
+        self.xp = xp                         # the backend's array namespace (numpy or cupy)
+        self.k = xp.zeros((n_kv_heads, capacity, head_dim), dtype=np.float32)  # [Hkv, W, hd]
+        self.v = xp.zeros((n_kv_heads, capacity, head_dim), dtype=np.float32)
         self.length = 0                      # positions appended so far (logical)
         self.generation = 0                  # bumped when contents change other than by append
         self.appended = 0                    # length after the last append (truncate's bound)
+
+    def slot_runs(self, first: int, last: int) -> list[tuple[int, int, int]]:
+        """Positions first..last-1 (at most `capacity` of them) as contiguous slot runs:
+        [(position, slot, count)], oldest first (two runs when they wrap)."""
+        runs = []
+        p = first
+        while p < last:
+            slot = p % self.capacity
+            n = min(last - p, self.capacity - slot)
+            runs.append((p, slot, n))
+            p += n
+        return runs
 
     def append(self, k, v) -> None:
         """Store T new positions; k, v [T, Hkv, hd]. Only the last `capacity` matter."""
         T = k.shape[0]
         first = max(0, T - self.capacity)
-        slots = (self.length + np.arange(first, T)) % self.capacity
-        self.k[:, slots, :] = k[first:].transpose(1, 0, 2)
-        self.v[:, slots, :] = v[first:].transpose(1, 0, 2)
+        for p, slot, n in self.slot_runs(self.length + first, self.length + T):
+            i = p - self.length                                   # row of k, v
+            self.k[:, slot:slot + n, :] = k[i:i + n].transpose(1, 0, 2)
+            self.v[:, slot:slot + n, :] = v[i:i + n].transpose(1, 0, 2)
         self.length += T
         self.appended = self.length
 
@@ -50,9 +68,11 @@ class KVCache:
 
     def ordered(self):
         """The cached positions oldest first: (k, v) [Hkv, S, hd] and positions [S]. Copies."""
-        positions = np.arange(self.length - self.n_valid(), self.length)
-        slots = positions % self.capacity
-        return self.k[:, slots, :], self.v[:, slots, :], positions
+        runs = self.slot_runs(self.length - self.n_valid(), self.length)
+        xp = self.xp
+        k = xp.concatenate([self.k[:, s:s + n] for _, s, n in runs] or [self.k[:, :0]], axis=1)
+        v = xp.concatenate([self.v[:, s:s + n] for _, s, n in runs] or [self.v[:, :0]], axis=1)
+        return k, v, np.arange(self.length - self.n_valid(), self.length)
 
     def reset(self) -> None:
         self.length = self.appended = 0
@@ -70,14 +90,15 @@ class KVCache:
         self.length = length
 
     def snapshot(self) -> tuple:
-        """Copies of the cached positions (oldest first) and the length."""
+        """Copies of the cached positions (oldest first, in the backend's namespace) and the length."""
         k, v, _ = self.ordered()
-        return k.copy(), v.copy(), self.length
+        return k, v, self.length
 
     def restore(self, snap: tuple) -> None:
         k, v, length = snap
-        slots = np.arange(length - k.shape[1], length) % self.capacity
-        self.k[:, slots, :] = k
-        self.v[:, slots, :] = v
+        for p, slot, n in self.slot_runs(length - k.shape[1], length):
+            i = p - (length - k.shape[1])                         # column of the snapshot
+            self.k[:, slot:slot + n, :] = self.xp.asarray(k[:, i:i + n])
+            self.v[:, slot:slot + n, :] = self.xp.asarray(v[:, i:i + n])
         self.length = self.appended = length
         self.generation += 1

@@ -11,6 +11,13 @@ import numpy as np
 from .quant import QuantizedMatrix, reference_linear
 from .weights import bf16_to_f32
 
+xp = np  # the array namespace activations live in (the cupy backend's is cupy)
+
+
+def to_numpy(a) -> np.ndarray:
+    """An array as a host NumPy array (here activations already are)."""
+    return np.asarray(a)
+
 
 def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """y = x @ W.T (+ b): x [..., in] float32, W [out, in] BF16 -> [..., out]."""

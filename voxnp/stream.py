@@ -11,6 +11,10 @@ Positions 0..L-2 are prefilled with audio_embeds[p] + emb(prompt[p]); position L
 gives the first token; every later position p feeds audio_embeds[p] + emb(previous
 token). A token emitted at position p describes audio ending near
 (p + 1 - 32 - d) * 80 ms.
+
+Audio and the log-mel stay on the host; from the encoder on, activations are arrays
+of the backend's namespace (`model.ops.xp`: NumPy, or CuPy on a GPU). What comes back
+from a decoder pass is each row's token id (and the few alternatives with `alt`).
 """
 from __future__ import annotations
 
@@ -127,9 +131,9 @@ class Stream:
         self._idle_steps = 0                     # steps since the last text token
         self._text = TextDecoder(model.tokenizer)
         self._mel = LogMel(cfg.audio)
-        self._enc = new_encoder_state(cfg)
+        self._enc = new_encoder_state(cfg, model.ops)
         self._dec = new_decoder_state(cfg, model.weights.decoder, self.delay, model.ops)
-        self._embeds = np.zeros((0, cfg.decoder.dim), np.float32)  # audio embeds not yet decoded
+        self._embeds = model.ops.xp.zeros((0, cfg.decoder.dim), np.float32)  # audio embeds not yet decoded
         self._pending: list[np.ndarray] = []     # samples fed since the network last ran
         self._n_pending = 0
         self._new_audio = 0                      # user samples since the network last ran
@@ -172,17 +176,20 @@ class Stream:
                 padcache.save(on_disk, self.model.left_padding[self.delay])
 
     def _snapshot(self) -> dict:
-        """Copies of the pipeline's state (between runs: nothing pending)."""
-        return {"mel": self._mel.snapshot(), "enc": self._enc.snapshot(), "dec": self._dec.snapshot(),
-                "embeds": self._embeds.copy(), "history": [e.copy() for e in self._history],
-                "n_samples": self._n_samples}
+        """Host copies of the pipeline's state (between runs: nothing pending)."""
+        host = self.model.ops.to_numpy
+        return {"mel": self._mel.snapshot(), "enc": _on_host(self._enc.snapshot(), host),
+                "dec": _on_host(self._dec.snapshot(), host), "embeds": host(self._embeds.copy()),
+                "history": [host(e.copy()) for e in self._history], "n_samples": self._n_samples}
 
     def _restore(self, snap: dict) -> None:
+        """Copy a snapshot in (the states move it to the backend's arrays)."""
+        xp = self.model.ops.xp
         self._mel.restore(snap["mel"])
         self._enc.restore(snap["enc"])
         self._dec.restore(snap["dec"])
-        self._embeds = snap["embeds"].copy()
-        self._history.extend(e.copy() for e in snap["history"])
+        self._embeds = xp.array(snap["embeds"])
+        self._history.extend(xp.array(e) for e in snap["history"])
         self._n_samples = snap["n_samples"]
 
     # -- public API -------------------------------------------------------
@@ -284,15 +291,16 @@ class Stream:
             return
         t0 = time.perf_counter()
         m = self.model
-        enc = encode(mel.T, self._enc, m.weights.encoder, self.cfg, m.ops, m.encoder_inv_freq)  # [P, 1280]
+        frames = m.ops.xp.asarray(np.ascontiguousarray(mel.T))         # [k, 128] to the backend
+        enc = encode(frames, self._enc, m.weights.encoder, self.cfg, m.ops, m.encoder_inv_freq)  # [P, 1280]
         embeds = adapt(enc, self._enc, m.weights.adapter, self.cfg, m.ops)                     # [N, 3072]
         self.timings.encoder_s += time.perf_counter() - t0
         if self.record is not None:
             self.record.mel.append(mel)
-            self.record.enc.append(enc)
-            self.record.audio_embeds.append(embeds)
+            self.record.enc.append(m.ops.to_numpy(enc))
+            self.record.audio_embeds.append(m.ops.to_numpy(embeds))
         if not self.done:
-            self._embeds = np.concatenate([self._embeds, embeds])
+            self._embeds = m.ops.xp.concatenate([self._embeds, embeds])
             self._decode_available()
 
     def _decode_available(self, now: bool = False) -> None:
@@ -359,6 +367,8 @@ class Stream:
         """Commit the rows of a pass the model agrees with: row 0 always, row i while the
         token fed at row i is the one guessed. logits [n, vocab]."""
         n = len(plan.inputs)
+        ops = self.model.ops
+        best = ops.to_numpy(ops.xp.argmax(logits, axis=-1))       # [n] the ids come back, not the logits
         first = self._dec.n_positions - n                   # position of row 0
         restarts = self.restarts
         for i in range(n):
@@ -368,7 +378,7 @@ class Stream:
             self._history.append(self._embeds[0])
             self._embeds = self._embeds[1:]
             self.timings.decoder_steps += 1
-            self._emit(int(np.argmax(logits[i])), logits[i], first + i)
+            self._emit(int(best[i]), logits[i], first + i)
         self.timings.decoder_s += seconds
         self.timings.decoder_passes += 1
         if self.complete:
@@ -393,7 +403,7 @@ class Stream:
         if token.text:
             token.alternatives = alternatives
         if self.record is not None:
-            self.record.logits.append(np.asarray(logits, np.float32))
+            self.record.logits.append(self.model.ops.to_numpy(logits).astype(np.float32, copy=False))
         if not self.live:
             self.tokens.append(token)
         self._queue.append(token)
@@ -423,12 +433,12 @@ class Stream:
         """Fresh decoder caches; the prompt is replayed over the last L-1 audio embeddings."""
         if self._dec.n_positions == 0:
             return
-        replay = np.array(self._history, dtype=np.float32)            # [L-1, 3072]
+        replay = self.model.ops.xp.stack(list(self._history))          # [L-1, 3072]
         self._first_embed += self._dec.n_positions - len(replay)
         for cache in self._dec.caches:
             cache.reset()
         self._dec.n_positions = 0
-        self._embeds = np.concatenate([replay, self._embeds])
+        self._embeds = self.model.ops.xp.concatenate([replay, self._embeds])
         self._history.clear()
         self._idle_steps = 0
         self.restarts += 1
@@ -440,19 +450,31 @@ class Stream:
         tokens compete, and the list stops at the first candidate that does not qualify.
         """
         n_special = self.model.tokenizer.n_special
+        ops = self.model.ops
         k = min(len(logits), 4 * self.alt_count + 8)
-        top = np.argpartition(logits, -k)[-k:]
-        top = top[np.argsort(logits[top])[::-1]]
-        best = logits[top[0]]
+        top = ops.xp.argpartition(logits, -k)[-k:]                    # the k best, on the backend
+        top, values = ops.to_numpy(top), ops.to_numpy(logits[top])   # only these come back
+        order = np.argsort(values)[::-1]
+        top, values = top[order], values[order]
+        best = values[0]
         out = []
-        for i in top:
+        for i, value in zip(top, values):
             if i < n_special:
                 continue
-            ratio = float(np.exp(logits[i] - best))                  # p_i / p_0
+            ratio = float(np.exp(value - best))                      # p_i / p_0
             if 1.0 - ratio > self.alt or len(out) == self.alt_count:
                 break
             out.append((self._text.peek(int(i)), ratio))
         return out
+
+
+def _on_host(snap, host):
+    """A state snapshot (nested dicts, lists, tuples) with its arrays moved by `host`."""
+    if isinstance(snap, dict):
+        return {key: _on_host(value, host) for key, value in snap.items()}
+    if isinstance(snap, (list, tuple)):
+        return type(snap)(_on_host(value, host) for value in snap)
+    return snap if isinstance(snap, (int, float, str)) or snap is None else host(snap)
 
 
 @dataclass
