@@ -29,6 +29,7 @@ from .engine import Busy
 from .errors import busy_error, error_body, log, openai_error, vllm_error
 from .pcm import PcmChunks
 
+TRANSCRIPT_EVENTS = ("transcription.done", "conversation.item.input_audio_transcription.completed")
 OPENAI_RATES = (24000, 16000)   # OpenAI's realtime input is 24 kHz unless declared 16 kHz
 
 
@@ -79,7 +80,8 @@ class Connection:
         self.server = server
         self.id = session.id
         self.dialect = OpenAIDialect(self) if openai else None   # else chosen by the first event
-        self.outcome = "closed by the client"
+        self.transcripts = 0                      # transcription.done / items completed
+        self.errors = 0                           # error events sent
         self._send_lock = asyncio.Lock()
 
     async def run(self) -> None:
@@ -96,8 +98,9 @@ class Connection:
             results.cancel()
             self.session.close()
             name = type(self.dialect).__name__.replace("Dialect", "").lower() if self.dialect else "-"
-            log.info("%s realtime (%s): audio %.1f s, work %.2f s, %.1f s open, %s", self.id, name,
-                     self.session.audio_s, self.session.work_s, time.monotonic() - started, self.outcome)
+            log.info("%s realtime (%s): audio %.1f s, work %.2f s, %.1f s open, %d transcripts, %d errors",
+                     self.id, name, self.session.audio_s, self.session.work_s, time.monotonic() - started,
+                     self.transcripts, self.errors)
 
     def describe(self, rate: int) -> dict:
         name = self.server.served_name
@@ -106,6 +109,8 @@ class Connection:
                                     "transcription": {"model": name}, "turn_detection": None}}}
 
     async def send(self, event: dict) -> None:
+        self.errors += event["type"] == "error"
+        self.transcripts += event["type"] in TRANSCRIPT_EVENTS
         async with self._send_lock:
             await self.ws.send_text(json.dumps(event, ensure_ascii=False))
 
