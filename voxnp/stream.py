@@ -452,7 +452,7 @@ class Stream:
         n_special = self.model.tokenizer.n_special
         ops = self.model.ops
         k = min(len(logits), 4 * self.alt_count + 8)
-        top = ops.xp.argpartition(logits, -k)[-k:]                    # the k best, on the backend
+        top = ops.xp.argpartition(logits, len(logits) - k)[-k:]       # the k best, on the backend
         top, values = ops.to_numpy(top), ops.to_numpy(logits[top])   # only these come back
         order = np.argsort(values)[::-1]
         top, values = top[order], values[order]
