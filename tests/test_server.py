@@ -349,6 +349,22 @@ def test_realtime_openai_client(server, clip):
     wait_idle(server)
 
 
+def test_openai_client_drives_the_vllm_dialect(server, clip, offline):
+    """conn.send passes any fields through: without ?intent, vLLM's events over the same client."""
+    data = pcm16(clip[1])
+    with server.client().realtime.connect(model=NAME) as conn:
+        assert conn.recv().type == "session.created"
+        conn.send({"type": "session.update", "model": NAME})
+        conn.send({"type": "input_audio_buffer.commit"})
+        for i in range(0, len(data), 32000):
+            conn.send({"type": "input_audio_buffer.append", "audio": b64(data[i:i + 32000])})
+        conn.send({"type": "input_audio_buffer.commit", "final": True})
+        deltas = []
+        while (e := conn.recv()).type == "transcription.delta":
+            deltas.append(e.delta)
+    assert e.type == "transcription.done" and e.text == "".join(deltas) == offline.text
+
+
 def test_eight_sessions_at_real_time_pace(server, tiny_model):
     """8 realtime sessions fed at real-time pace at once: each transcript equals its
     offline transcript (different audio per session: no cross-talk), deltas arrive while
