@@ -62,7 +62,7 @@ class Session:
 
     def __init__(self, engine: Engine, sid: str, loop: asyncio.AbstractEventLoop, options: dict):
         self.id = sid
-        self.options = options                  # model.stream() options: delay_ms, live
+        self.options = options                  # Stream options (delay_ms, live), logprobs
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.inbox: deque = deque()             # (op, samples | None); guarded by the engine's lock
         self.queued = 0                         # samples in the inbox: audio not yet run
@@ -162,7 +162,8 @@ class Engine:
             return max((s.queued for s in self._sessions.values()), default=0) / self.rate
 
     def open(self, prefix: str = "sess", **options) -> Session:
-        """A new session (options for model.stream: delay_ms, live), or Busy."""
+        """A new session, or Busy. Options: the Stream's (delay_ms, live), and logprobs
+        (tokens carry `logprob`)."""
         with self._cond:
             if len(self._sessions) >= self.max_sessions:
                 raise Busy()
@@ -196,7 +197,9 @@ class Engine:
     def _new_stream(self, options: dict):
         # scheduled: feed/flush/finish run the encoder only, _decode runs the decoder;
         # interval 0: the network runs on each feed (the rounds decide when that is)
-        return LogprobStream(self.model, interval=0, scheduled=True, speculate=self.speculate, **options)
+        options = dict(options)
+        kind = LogprobStream if options.pop("logprobs", False) else Stream
+        return kind(self.model, interval=0, scheduled=True, speculate=self.speculate, **options)
 
     def _decode(self, streams: list) -> None:
         """Decode every position these streams can decode now, their rows sharing each

@@ -66,7 +66,8 @@ async def create_transcription(request: Request) -> Response:
     duration = len(samples) / server.engine.rate
     request.state.log = f"{options['response_format']}{' stream' if options['stream'] else ''} audio {duration:.1f} s"
     try:
-        session = server.engine.open(prefix="req", delay_ms=options["delay_ms"])
+        session = server.engine.open(prefix="req", delay_ms=options["delay_ms"],
+                                     logprobs=options["response_format"] == "verbose_json")
     except Busy:
         raise busy_error(server.engine.max_sessions) from None
     session.feed(samples)
