@@ -150,9 +150,9 @@ def time_encoder(m, seconds: float = 10.0, after_seconds: float = 0.0) -> float:
     per_s = cfg.audio.sampling_rate / cfg.audio.hop_length                      # mel frames per second
     rng = np.random.default_rng(0)
     mel = rng.standard_normal((int((after_seconds + seconds) * per_s), cfg.audio.n_mels), dtype=np.float32) * 0.3
-    warm = new_encoder_state(cfg)
+    warm = new_encoder_state(cfg, m.ops)
     encode(mel[:256], warm, m.weights.encoder, cfg, m.ops, m.encoder_inv_freq)  # compile, float32 copies
-    state = new_encoder_state(cfg)
+    state = new_encoder_state(cfg, m.ops)
     split = int(after_seconds * per_s)
     if split:
         encode(mel[:split], state, m.weights.encoder, cfg, m.ops, m.encoder_inv_freq)
