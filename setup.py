@@ -35,6 +35,7 @@ setup(
         "gpu": ["cupy-cuda12x>=13"],
         "bench": ["mistral_common>=1.5"],
         "serve": ["starlette>=0.37", "uvicorn>=0.30", "python-multipart>=0.0.9", "websockets>=14"],
+        "ray": ["ray>=2.60"],     # `voxnp batch --ray` (tested with 2.60; older ActorPools reuse dead actors)
     },
     entry_points={"console_scripts": ["voxnp = voxnp.cli:main"]},
 )

@@ -440,7 +440,8 @@ def run_batch(inputs, output_dir, format="txt", model=None, weights="bf16", ray=
                 summary.failures.append((item.path, record["error"]))
                 bar.close()
                 error = record["error"]
-                log(f"voxnp: failed: {error}" if error.startswith(item.path) else f"voxnp: failed: {item.path}: {error}")
+                where = "" if error.startswith(item.path) else f"{item.path}: "
+                log(f"voxnp: failed: {where}{error}")
             bar.add(item, record)
 
         with open(manifest, "a", encoding="utf-8") as log_file, bar:

@@ -66,14 +66,14 @@ class RayRunner:
             self.connect(address)
 
     def connect(self, address) -> None:
-        """True/None: $RAY_ADDRESS, else a new local cluster; "auto": a running cluster
-        found by Ray; otherwise HOST:PORT or ray://HOST:PORT."""
+        """True/None: $RAY_ADDRESS, else a new local cluster (even where one runs);
+        "auto": a running cluster found by Ray; otherwise HOST:PORT or ray://HOST:PORT."""
         ray = self.ray
         if address in (True, None, ""):
             address = os.environ.get("RAY_ADDRESS") or None
         try:
             if address is None:
-                ray.init(include_dashboard=False, **QUIET)
+                ray.init(address="local", include_dashboard=False, **QUIET)
                 self.started = True
                 return
             if address not in ("auto", "local"):
