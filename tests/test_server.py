@@ -494,5 +494,5 @@ def test_log_has_a_line_per_request_and_no_traceback(server):
     request(server, "GET", "/health")
     text = server.log.read_text()
     assert "Traceback" not in text
-    assert "GET /health 200" in text and "POST /v1/audio/transcriptions 400" in text
+    assert "GET /v1/models 200" in text and "POST /v1/audio/transcriptions 400" in text
     assert "realtime (vllm)" in text and "realtime (openai)" in text

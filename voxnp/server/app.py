@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -91,7 +92,8 @@ async def get_model(request: Request) -> JSONResponse:
 class AuthAndLog:
     """ASGI middleware: the API key on every HTTP route but /health (websockets check
     it in realtime.py, where a refusal can be an HTTP response), and one log line per
-    HTTP request with what the route noted in `request.state.log`."""
+    HTTP request with what the route noted in `request.state.log` (a healthy /health,
+    which load balancers poll, only at --log-level debug)."""
 
     def __init__(self, app, server: Server):
         self.app = app
@@ -118,8 +120,9 @@ class AuthAndLog:
             await self.app(scope, receive, send_noting_status)
         finally:
             note = scope.get("state", {}).get("log", "")
-            log.info("%s %s %d %.0f ms%s", scope["method"], scope["path"], status,
-                     1000 * (time.monotonic() - started), f" {note}" if note else "")
+            level = logging.DEBUG if scope["path"] in OPEN_PATHS and status == 200 else logging.INFO  # polled
+            log.log(level, "%s %s %d %.0f ms%s", scope["method"], scope["path"], status,
+                    1000 * (time.monotonic() - started), f" {note}" if note else "")
 
 
 def build_app(server: Server) -> Starlette:
