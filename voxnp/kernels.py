@@ -1,14 +1,15 @@
 """The fast versions of the ops in `ops.py` (Numba, BLAS), with the same signatures.
 
-- `linear`: a few rows (a decoder step has one) go through the fused BF16 product
-  of `_kernels.pyx` (Cython, ahead of time), which widens the weights in registers
-  while streaming them from the mmap. Many rows (encoder, prefill) widen a block of
-  weight rows into a reused float32 scratch buffer and hand it to BLAS (~80% of the
-  machine's sgemm rate at 500 rows), or use a kept float32 copy (`keep_float32`).
+- `linear`: up to 64 rows (a decoder step, speculative or batched rows, the prompt)
+  go through the BF16 product of `_kernels.pyx` (Cython, ahead of time), which widens
+  the weights in registers while streaming them from the mmap, once for all rows.
+  Many rows (the encoder) widen whole matrices into a reused float32 scratch buffer
+  and hand them to BLAS (~90-95% of the machine's sgemm rate at 500 rows).
 - `rope`: interleaved rotation in one pass.
-- `attention`: one query position reads the circular KV buffer in place (Numba,
-  one task per KV head); a block of positions goes in chunks of queries, each scored
-  by BLAS against the ring's visible slot ranges (in place) and the block's keys.
+- `attention_in_cache` (the decoder): each query reads the circular KV buffer in place
+  (Numba, one task per query and KV head), so rows are independent and exact.
+- `attention` (the encoder, a block of positions): chunks of queries, each scored by
+  BLAS against the keys of its window gathered contiguously, masked softmax, BLAS.
 Numba compiles each kernel once and caches it on disk (`cache=True`).
 """
 from __future__ import annotations
@@ -29,14 +30,18 @@ except ImportError:  # pragma: no cover - a source checkout that was never built
 xp = np                   # activations are NumPy arrays
 to_numpy = ops.to_numpy
 
-# Up to this many rows, streaming BF16 weights through the Cython kernel beats widening
-# them for BLAS (measured on [9216, 3072]: 4 rows 6.6 vs 9.4 ms; 16 rows 17 vs 13 ms).
+# Queries up to this many rows attend one by one over the ring (the decoder's steps);
+# more (the prompt, the encoder) go in blocks through BLAS.
 FEW_ROWS = 8
-# A kept float32 copy is made on the first product with at least this many rows (a
-# short first run, e.g. the one that gives the first token, does not pay for it).
-KEEP_MIN_ROWS = 64
-# Weight rows widened per BLAS call: a 4 MiB float32 block stays in L3 (measured best).
-SCRATCH_FLOATS = 1 << 20
+# Up to this many rows a linear layer streams the BF16 weights through the Cython
+# kernel, which widens them in registers once for all rows; more rows widen the matrix
+# for BLAS. Measured on the decoder's matrices at 38 rows (the prompt): 119-160 GFLOP/s
+# against 84-137 for widening + BLAS; at 128 rows they are level.
+KERNEL_MAX_ROWS = 64
+# Weights widened per BLAS call: a whole encoder matrix (<= 6.6 M weights). BLAS on a
+# [1280, 5120] block runs at ~95% of its rate, on [204, 5120] blocks at ~70%; the
+# widening itself costs ~5% (measured). So no float32 copy of the weights is kept.
+SCRATCH_FLOATS = 1 << 23
 
 
 # ---------------------------------------------------------------------------
@@ -62,7 +67,14 @@ _widen_rows_parallel = njit(parallel=True, cache=True, nogil=True)(_widen_rows_p
 
 
 class _Scratch:
-    buffer = np.empty(SCRATCH_FLOATS, dtype=np.float32)
+    """The one reused float32 buffer that weight blocks are widened into (32 MiB)."""
+    buffer = None
+
+    @classmethod
+    def get(cls) -> np.ndarray:
+        if cls.buffer is None:
+            cls.buffer = np.empty(SCRATCH_FLOATS, dtype=np.float32)
+        return cls.buffer
 
 
 def widen_into(w: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -77,18 +89,9 @@ def widen(w: np.ndarray) -> np.ndarray:
     return widen_into(w.reshape(1, -1) if w.ndim == 1 else w, np.empty(w.size, np.float32)).reshape(w.shape)
 
 
-_kept: dict[int, list] = {}  # id(W) -> [W, float32 copy or None]
-
-
 def keep_float32(weights) -> None:
-    """Keep a float32 copy of these BF16 matrices once they are used with many rows.
-
-    For the encoder's feed-forward matrices (model.encoder_matrices, 2.6 GB as
-    float32 for the real model): widened once, every later block is a plain BLAS
-    product at the machine's sgemm rate instead of re-widening each weight block.
-    """
-    for w in weights:
-        _kept.setdefault(id(w), [w, None])
+    """No float32 copies on the CPU: widening whole matrices block by block for BLAS
+    measured within ~5% of a kept copy, which would cost 2.6 GB for the encoder."""
 
 
 def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
@@ -97,20 +100,20 @@ def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.n
         return fast_linear(x, w, bias, get_num_threads())
     n_out, n_in = w.shape
     rows = x.reshape(-1, n_in)
-    kept = _kept.get(id(w))
-    if rows.shape[0] <= FEW_ROWS:
+    if rows.shape[0] <= KERNEL_MAX_ROWS:
         y = np.empty((rows.shape[0], n_out), dtype=np.float32)
         matmul_bf16(w, np.ascontiguousarray(rows), y, get_num_threads())
-    elif kept is not None and kept[0] is w and (kept[1] is not None or rows.shape[0] >= KEEP_MIN_ROWS):
-        if kept[1] is None:
-            kept[1] = widen(w)
-        y = (kept[1] @ rows.T).T                                          # [T, out]
+    elif n_out * n_in <= SCRATCH_FLOATS:
+        # widen the whole matrix into the scratch buffer, then one BLAS product x @ W.T
+        wf = _Scratch.get()[:n_out * n_in].reshape(n_out, n_in)
+        _widen_rows(w, 0, n_out, wf.reshape(-1))
+        y = rows @ wf.T                                                   # [T, out]
     else:
         # widen a block of weight rows into the scratch buffer, then BLAS (W_block @ x.T)
         yt = np.empty((n_out, rows.shape[0]), dtype=np.float32)          # [out, T]
         xt = np.ascontiguousarray(rows.T)                                 # [in, T]
         block = max(1, SCRATCH_FLOATS // n_in)
-        scratch = _Scratch.buffer
+        scratch = _Scratch.get()
         for r0 in range(0, n_out, block):
             r1 = min(n_out, r0 + block)
             _widen_rows(w, r0, r1, scratch)
@@ -277,12 +280,40 @@ def attention_in_cache(q: np.ndarray, cache, window: int) -> np.ndarray:
     return _attention_block(q, k, v, _RingBefore(cache, T), window)
 
 
+# e^x = 2^k e^f with x = k ln2 + f, |f| <= ln2 / 2: Cephes' single-precision polynomial
+# for e^f (relative error ~1e-7), the 2^k added to the float's exponent bits.
+LOG2E = np.float32(1.4426950408889634)
+LN2_HI, LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)   # ln 2 = HI + LO
+EXP_POLY = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                                         4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def _exp_in_place(x, shift):
+    """x[j] = e^(x[j] - shift) for x[j] - shift <= 0, in loops the compiler vectorises
+    (np.exp inside Numba is a scalar call per element)."""
+    n = x.shape[0]
+    powers = np.empty(n, np.int32)
+    c0, c1, c2, c3, c4, c5 = EXP_POLY
+    for j in range(n):
+        y = max(x[j] - shift, np.float32(-87.0))               # below: e^y underflows anyway
+        k = np.floor(y * LOG2E + np.float32(0.5))
+        f = y - k * LN2_HI - k * LN2_LO
+        p = ((((c0 * f + c1) * f + c2) * f + c3) * f + c4) * f + c5
+        x[j] = p * f * f + f + np.float32(1.0)                 # e^f in [0.7, 1.5]
+        powers[j] = np.int32(k)
+    bits = x.view(np.int32)
+    for j in range(n):
+        bits[j] += powers[j] << 23                             # times 2^k
+
+
 @njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _shift_and_mask(scores, key_pos, first_pos, window):
-    """In place, per row: subtract the row's visible maximum; hidden keys become -inf.
+def _masked_softmax(scores, key_pos, first_pos, window):
+    """Softmax of each row over the keys its query may see, in place; hidden keys get 0.
 
     scores [R, T, N]; key j is at position key_pos[j], ascending; query t at
     first_pos + t sees keys with pos - window < key_pos[j] <= pos, a run [lo, hi).
+    One pass per row: max, exponentials, sum, scale.
     """
     R, T, N = scores.shape
     for rt in prange(R * T):
@@ -291,26 +322,17 @@ def _shift_and_mask(scores, key_pos, first_pos, window):
         lo = np.searchsorted(key_pos, pos - window, side="right")
         hi = np.searchsorted(key_pos, pos, side="right")
         row = scores[r, t]
-        row[lo:hi] -= row[lo:hi].max()
-        row[:lo] = -np.inf
-        row[hi:] = -np.inf
-
-
-@njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _normalise_rows(p):
-    """p [R, T, N] /= its row sums."""
-    R, T, N = p.shape
-    for rt in prange(R * T):
-        row = p[rt // T, rt % T]
-        row *= np.float32(1.0) / row.sum()
-
-
-def _masked_softmax(scores, key_pos, first_pos, window):
-    """Softmax of each row over the keys its query may see (causal sliding window), in
-    place. The exponential is NumPy's (SIMD); the rest are parallel loops."""
-    _shift_and_mask(scores, key_pos, first_pos, window)
-    np.exp(scores, out=scores)
-    _normalise_rows(scores)
+        seen = row[lo:hi]
+        best = np.float32(-np.inf)
+        for j in range(seen.shape[0]):
+            best = max(best, seen[j])
+        _exp_in_place(seen, best)
+        total = np.float32(0.0)
+        for j in range(seen.shape[0]):
+            total += seen[j]
+        seen *= np.float32(1.0) / total
+        row[:lo] = 0.0
+        row[hi:] = 0.0
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache, window: int) -> np.ndarray:

@@ -101,9 +101,9 @@ def load(model_dir: str | Path | None = None, backend: str = "auto", threads: in
          encoder_float32: bool | None = None, weights: str = "bf16", progress: bool | None = None) -> Model:
     """Open a model directory (params.json, tekken.json, consolidated.safetensors).
 
-    encoder_float32: keep a float32 copy of the encoder's feed-forward matrices after
-    their first use (2.6 GB for the real model; they then run at the BLAS rate).
-    Default: $VOXNP_ENCODER_F32 (1/0), else on.
+    encoder_float32: let the backend keep float32 copies of the encoder's big matrices
+    (ops.keep_float32: the GPU backend keeps them on the device; the CPU backends keep
+    none, widening costs them ~5%). Default: $VOXNP_ENCODER_F32 (1/0), else on.
     weights: "bf16" (the checkpoint, the reference), "int8" or "q4": the decoder's
     matrices quantized (see quant.py), converted once and mapped (see quant_file.py);
     progress: show the conversion's progress bar (default: when stderr is a terminal).
