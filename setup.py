@@ -11,6 +11,9 @@ ARCH = os.environ.get("VOXNP_ARCH_FLAGS", "-march=native").split()
 FLAGS = ["-O3", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
          "-fno-trapping-math", "-fopenmp"] + ARCH
 
+SERVE = ["starlette>=0.37", "uvicorn>=0.30", "python-multipart>=0.0.9", "websockets>=14"]  # voxnp serve
+RAY = ["ray>=2.60"]  # voxnp batch --ray (tested with 2.60; older ActorPools reuse dead actors)
+
 setup(
     name="voxnp",
     version="0.1.0",
@@ -30,12 +33,13 @@ setup(
                       "soundfile>=0.12", "soxr>=0.3", "fire>=0.5", "threadpoolctl>=3",
                       "huggingface_hub>=0.20"],   # `voxnp download`
     extras_require={
-        "test": ["pytest>=7", "mistral_common>=1.5"],
+        # the tests cover the server (driven by the real `openai` client) and Ray batch jobs
+        "test": ["pytest>=7", "mistral_common>=1.5", "openai[realtime]>=1.102"] + SERVE + RAY,
         "mic": ["sounddevice>=0.4"],
         "gpu": ["cupy-cuda12x>=13"],
         "bench": ["mistral_common>=1.5"],
-        "serve": ["starlette>=0.37", "uvicorn>=0.30", "python-multipart>=0.0.9", "websockets>=14"],
-        "ray": ["ray>=2.60"],     # `voxnp batch --ray` (tested with 2.60; older ActorPools reuse dead actors)
+        "serve": SERVE,
+        "ray": RAY,
     },
     entry_points={"console_scripts": ["voxnp = voxnp.cli:main"]},
 )

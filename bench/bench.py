@@ -162,6 +162,49 @@ def time_encoder(m, seconds: float = 10.0, after_seconds: float = 0.0) -> float:
     return (time.perf_counter() - t) / seconds
 
 
+def encoder_profile(m, seconds: float = 10.0, after_seconds: float = 20.0) -> dict:
+    """Seconds per audio second in each kind of op, windows full: every op of the
+    backend wrapped with a timer (linear, attention, the rest)."""
+    from voxnp.encoder import adapt, encode, new_encoder_state
+
+    cfg = m.config
+    per_s = cfg.audio.sampling_rate / cfg.audio.hop_length
+    mel = np.random.default_rng(1).standard_normal((int((after_seconds + seconds) * per_s), cfg.audio.n_mels),
+                                                   dtype=np.float32) * 0.3
+    state = new_encoder_state(cfg, m.ops)
+    split = int(after_seconds * per_s)
+    encode(mel[:split], state, m.weights.encoder, cfg, m.ops, m.encoder_inv_freq)
+    spent: dict[str, float] = {}
+
+    class Timed:
+        def __getattr__(self, name):
+            op = getattr(m.ops, name)
+            if not callable(op):
+                return op
+
+            def timed(*args, **kwargs):
+                t = time.perf_counter()
+                out = op(*args, **kwargs)
+                kind = name if name in ("linear", "attention") else "other"
+                spent[kind] = spent.get(kind, 0.0) + time.perf_counter() - t
+                return out
+            return timed
+
+    t = time.perf_counter()
+    enc = encode(mel[split:], state, m.weights.encoder, cfg, Timed(), m.encoder_inv_freq)
+    adapt(enc, state, m.weights.adapter, cfg, Timed())
+    total = time.perf_counter() - t
+    spent["other"] = total - spent.get("linear", 0.0) - spent.get("attention", 0.0)  # incl. glue
+    return {k: v / seconds for k, v in spent.items()}
+
+
+def decoder_linear_flops(cfg) -> float:
+    """Multiply-adds x 2 of one decoder position's linear layers (without the LM head)."""
+    d = cfg.decoder
+    q, kv = d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim
+    return 2 * d.n_layers * (d.dim * (q + 2 * kv) + q * d.dim + 3 * d.dim * d.hidden_dim)
+
+
 def time_prefill(m) -> float:
     from voxnp.decoder import decode, new_decoder_state
 
@@ -245,7 +288,15 @@ def main(model=None, out=None, quick=False):
             f"{100 * floor / enc:.0f}% of matmul rate (floor {floor:.2f}); "
             + ("first 10 s of a stream" if after == 0 else "windows full (long audio)"))
         results[f"{name}_fraction_of_matmul"] = floor / enc
-    row("prefill", time_prefill(m), "s", f"{cfg.audio.n_left_pad_tokens + 6} positions")
+    prof = encoder_profile(m)
+    for kind in ("linear", "attention", "other"):
+        row(f"encoder_steady_{kind}", prof.get(kind, 0.0), "s per audio s", "per-op profile, windows full")
+    n_prompt = cfg.audio.n_left_pad_tokens + 6
+    prefill = time_prefill(m)
+    prefill_floor = decoder_linear_flops(cfg) * n_prompt / (mm * 1e9)
+    row("prefill", prefill, "s", f"{n_prompt} positions; {prefill / prefill_floor:.2f}x its FLOP floor "
+                                 f"({prefill_floor:.2f} s at the matmul rate)")
+    results["prefill_floor_ratio"] = prefill / prefill_floor
     for context in (40, 2000):
         step = time_decoder(m, context)
         floor = decoder_bytes_per_step(cfg, context) / (bw * 1e9)

@@ -38,7 +38,7 @@ from voxnp.formats import AUDIO_EXTENSIONS
 
 README = Path(__file__).parent.parent / "README.md"
 PROGRAMS = ("voxnp", "cat", "ffmpeg")
-RUN_COMMANDS = ("", "dump", "inspect", "checkpoint")   # "" is transcription
+RUN_COMMANDS = ("", "dump", "inspect", "checkpoint", "quantize")   # "" is transcription
 SHELL_FENCES = ("", "sh", "bash", "console", "shell")
 SEPARATORS = ("|", "&&")
 SOUNDFILE_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3"}

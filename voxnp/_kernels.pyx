@@ -2,10 +2,10 @@
 """Ahead-of-time compiled kernels (Cython + OpenMP).
 
 The BF16 matrix product for a few rows is the decoder's hot loop: each step streams
-all ~6.9 GB of decoder weights once, so it must run at memory bandwidth. Compiled ahead
-of time it needs no JIT warm-up (cold start), and GCC vectorises the widening
-(uint16 -> uint32 << 16 -> float32) and the FMA reduction with AVX2; measured
-faster than the Numba version of the same loop (bench/ reports the bandwidth).
+all ~6.9 GB of decoder weights once, so it must run at memory bandwidth. It is written
+with intrinsics in _bf16.h (register tiles of weight rows x activation rows, an order
+of reduction that does not depend on the row count) and compiled ahead of time, so it
+needs no JIT warm-up (cold start). The quantized formats' kernels are in _quant.h.
 """
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint16_t, uint32_t

@@ -503,7 +503,6 @@ def transcribe(*files, model, stdin, from_mic, raw, delay, interval, alt, format
 def transcribe_one(m, path, raw, fmt, output_dir, options, silent, load_s):
     """One input: text streams to stdout (txt), or a document goes to stdout or a file."""
     from .audio import load_audio
-    from .formats import output_path, render, write_atomic
     from .progress import Progress
     from .stream import transcribe as run_stream
 
@@ -523,17 +522,24 @@ def transcribe_one(m, path, raw, fmt, output_dir, options, silent, load_s):
         finally:
             printer.end()
     if not streaming_text:
-        document = render(fmt, result.text, result.tokens, duration, model=str(m.path))
-        if output_dir is None:
-            sys.stdout.write(document)
-            sys.stdout.flush()
-        else:
-            out = output_path(path, output_dir, fmt)
-            write_atomic(out, document)
-            if not silent:
-                log(f"wrote {out}")
+        write_document(m, path, result, fmt, output_dir, silent)
     if not silent:
         log(f"{path}: {timing_line(load_s, result.timings)}")
+
+
+def write_document(m, path, result, fmt, output_dir, silent) -> None:
+    """A transcript as a FORMAT document: on stdout, or as a file under output_dir."""
+    from .formats import output_path, render, write_atomic
+
+    document = render(fmt, result.text, result.tokens, result.audio_seconds, model=str(m.path))
+    if output_dir is None:
+        sys.stdout.write(document)
+        sys.stdout.flush()
+    else:
+        out = output_path(path, output_dir, fmt)
+        write_atomic(out, document)
+        if not silent:
+            log(f"wrote {out}")
 
 
 def transcribe_batch(m, paths, batch, raw, fmt, output_dir, options, silent, load_s) -> int:
@@ -542,7 +548,6 @@ def transcribe_batch(m, paths, batch, raw, fmt, output_dir, options, silent, loa
     from functools import partial
 
     from .audio import load_audio
-    from .formats import output_path, render, write_atomic
 
     failed = 0
     loaders = [partial(load_audio, p, raw=raw) for p in paths]
@@ -558,15 +563,7 @@ def transcribe_batch(m, paths, batch, raw, fmt, output_dir, options, silent, loa
                 printer.token(token)
             printer.end()
         else:
-            document = render(fmt, result.text, result.tokens, result.audio_seconds, model=str(m.path))
-            if output_dir is None:
-                sys.stdout.write(document)
-                sys.stdout.flush()
-            else:
-                out = output_path(path, output_dir, fmt)
-                write_atomic(out, document)
-                if not silent:
-                    log(f"wrote {out}")
+            write_document(m, path, result, fmt, output_dir, silent)
         if not silent:
             log(f"{path}: {timing_line(load_s, result.timings)}")
     return failed

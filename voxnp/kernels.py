@@ -155,58 +155,6 @@ def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> np.ndarr
 
 
 @njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _attend_one(q, k_new, v_new, ring_k, ring_v, length, window, out):
-    """One query at position `length` over the ring (positions < length) and itself.
-
-    q [H, hd]; k_new, v_new [Hkv, hd]; ring_k, ring_v [Hkv, cap, hd]; out [H, hd].
-    Each task is one KV head and the `group` query heads that share it, so every
-    cached key and value is read once. Ring slots are visited in place: slot
-    (length - 1 - i) % cap holds position length - 1 - i.
-    """
-    H, hd = q.shape
-    Hkv = k_new.shape[0]
-    group = H // Hkv
-    cap = ring_k.shape[1]
-    n_old = min(length, window - 1, cap)             # visible cached keys
-    first = length - n_old                           # oldest visible position
-    scale = np.float32(1.0 / np.sqrt(hd))
-    for g in prange(Hkv):
-        scores = np.empty((group, n_old + 1), np.float32)
-        qg = q[g * group:(g + 1) * group] * scale                    # [group, hd]
-        for i in range(n_old):
-            key = ring_k[g, (first + i) % cap]
-            for h in range(group):
-                s = np.float32(0.0)
-                for d in range(hd):
-                    s += qg[h, d] * key[d]
-                scores[h, i] = s
-        for h in range(group):
-            s = np.float32(0.0)
-            for d in range(hd):
-                s += qg[h, d] * k_new[g, d]
-            scores[h, n_old] = s
-        for h in range(group):                        # softmax over the visible keys
-            best = scores[h].max()
-            total = np.float32(0.0)
-            for i in range(n_old + 1):
-                e = np.exp(scores[h, i] - best)
-                scores[h, i] = e
-                total += e
-            scores[h] *= np.float32(1.0) / total
-        acc = np.zeros((group, hd), np.float32)
-        for i in range(n_old):
-            value = ring_v[g, (first + i) % cap]
-            for h in range(group):
-                p = scores[h, i]
-                for d in range(hd):
-                    acc[h, d] += p * value[d]
-        for h in range(group):
-            p = scores[h, n_old]
-            for d in range(hd):
-                out[g * group + h, d] = acc[h, d] + p * v_new[g, d]
-
-
-@njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _attend_ring(q, ring_k, ring_v, length, window, out):
     """Queries of the last T positions, all already in the ring, over the ring in place.
 
@@ -337,12 +285,6 @@ def _masked_softmax(scores, key_pos, first_pos, window):
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache, window: int) -> np.ndarray:
     """Same contract as `ops.attention`: q [T, H, hd], k, v [T, Hkv, hd] -> [T, H*hd]."""
-    T, H, hd = q.shape
-    if T == 1:
-        out = np.empty((H, hd), dtype=np.float32)
-        _attend_one(np.ascontiguousarray(q[0]), np.ascontiguousarray(k[0]), np.ascontiguousarray(v[0]),
-                    cache.k, cache.v, cache.length, window, out)
-        return out.reshape(1, H * hd)
     return _attention_block(q, k, v, cache, window)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import quant
 from .errors import VoxnpError
-from .weights import WEIGHTS_FILE, SafetensorsFile, Weights, read_header
+from .weights import SafetensorsFile, Weights, read_header
 
 DTYPES = {np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8", np.dtype(np.float32): "F32"}
 IDENTITY_SAMPLES = 16            # 64 KiB pieces of the model file hashed into its identity
