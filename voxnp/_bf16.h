@@ -130,6 +130,7 @@ static inline void bf16_block(const uint16_t *w, int64_t k, int nr, const float 
     switch (nr * 16 + nm) {
         BF16_TILE_CASE(8, 1)
         BF16_TILE_CASE(4, 1) BF16_TILE_CASE(4, 2) BF16_TILE_CASE(4, 3) BF16_TILE_CASE(4, 4)
+        BF16_TILE_CASE(4, 5) BF16_TILE_CASE(4, 6)
         default: {                                    /* matrix edges: one row pair at a time */
             int i, m;
             for (i = 0; i < nr; i++)

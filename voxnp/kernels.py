@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import get_num_threads, njit, prange
+from threadpoolctl import threadpool_limits
 
 from . import ops
 from .errors import VoxnpError
@@ -225,7 +226,10 @@ def attention_in_cache(q: np.ndarray, cache, window: int) -> np.ndarray:
     slots = np.arange(cache.length - T, cache.length) % cache.capacity
     k = cache.k[:, slots].transpose(1, 0, 2)                                   # [T, Hkv, hd]
     v = cache.v[:, slots].transpose(1, 0, 2)
-    return _attention_block(q, k, v, _RingBefore(cache, T), window)
+    # BLAS on one thread: its threads spin after each call and starve the OpenMP
+    # threads of the next layer's few-row products (measured: a 32-position prompt 4x slower)
+    with threadpool_limits(1, user_api="blas"):
+        return _attention_block(q, k, v, _RingBefore(cache, T), window)
 
 
 # e^x = 2^k e^f with x = k ln2 + f, |f| <= ln2 / 2: Cephes' single-precision polynomial
