@@ -263,3 +263,29 @@ def test_transcribe_many_in_order_with_a_bad_input(tiny_model, speech, tmp_path)
     for bad in (0, 9, 1.5):
         with pytest.raises(ValueError, match="batch"):
             list(transcribe_many(tiny_model, inputs, batch=bad))
+
+
+def test_draft_length_follows_the_acceptance():
+    from voxnp.scheduler import DraftLength
+
+    right, wrong = DraftLength(4), DraftLength(4)
+    assert right.next() >= 1                               # the prior: drafts usually right
+    for _ in range(30):
+        right.record(accepted=right.next(), rejected=False)
+        wrong.record(accepted=0, rejected=True)
+    assert right.next() == 4
+    ks = []
+    for _ in range(16):
+        ks.append(wrong.next())
+        wrong.record(accepted=0, rejected=ks[-1] > 0)
+    assert ks.count(0) >= 12 and 1 in ks                   # off, but probing now and then
+    assert DraftLength(0).next() == 0
+
+
+def test_wrong_drafts_cost_few_rows(tiny_model, speech):
+    vocab = tiny_model.config.decoder.vocab_size
+    base = transcribe(tiny_model, speech, speculate=0)
+    ids = [t.id for t in base.tokens]
+    t = transcribe(tiny_model, speech, speculate=4, drafter=Oracle(ids, True, vocab))
+    assert [x.id for x in t.tokens] == ids
+    assert t.timings.decoder_passes > 0.9 * t.timings.decoder_steps   # one token per pass

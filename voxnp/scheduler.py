@@ -26,13 +26,47 @@ from .config import STREAMING_PAD_ID
 from .decoder import MAX_ROWS, decode_rows
 
 
-DEFAULT_SPECULATE = 2  # drafted tokens per pass by default (bench/speculate.py measures the best)
+DEFAULT_SPECULATE = 4  # most drafted tokens per pass by default (DraftLength picks fewer when they fail)
 
 
 def pad_drafter(tokens: list[int], k: int) -> list[int]:
     """The default drafter: the next k tokens are [STREAMING_PAD] (60-75% of the tokens
     of real speech are)."""
     return [STREAMING_PAD_ID] * k
+
+
+class DraftLength:
+    """How many tokens a stream drafts next: up to its `speculate` K, the k that gives
+    the most tokens per unit of decoder time at the drafts' recent acceptance rate p.
+
+    A pass with k drafts emits 1 + p + ... + p^k tokens on average and costs about
+    1 + ROW_COST * k single steps, so k falls to 0 while drafts keep failing (every
+    PROBE_EVERY-th pass still drafts one, to notice when they start to succeed) and
+    rises to K while they succeed. The tokens never depend on k; only the time does.
+    """
+
+    ROW_COST = 0.3      # a pass of 1 + k positions ~ 1 + 0.2..0.35 k steps (bench/speculate.py)
+    DECAY = 0.9         # weight of the past per pass: p follows the last ~10 passes
+    PROBE_EVERY = 8
+
+    def __init__(self, max_k: int):
+        self.max_k = max_k
+        self.hits, self.misses = 2.0, 1.0    # prior: right on 2 of 3 (real speech, PAD drafts)
+        self.passes = 0
+
+    def next(self) -> int:
+        p = self.hits / (self.hits + self.misses)
+        gain = [sum(p ** i for i in range(k + 1)) / (1 + self.ROW_COST * k) for k in range(self.max_k + 1)]
+        k = int(np.argmax(gain))
+        if k == 0 and self.max_k and self.passes % self.PROBE_EVERY == self.PROBE_EVERY - 1:
+            k = 1
+        return k
+
+    def record(self, accepted: int, rejected: bool) -> None:
+        """A pass's drafts: how many were confirmed, and whether one was refused."""
+        self.hits = self.DECAY * self.hits + accepted
+        self.misses = self.DECAY * self.misses + rejected
+        self.passes += 1
 
 
 @dataclass

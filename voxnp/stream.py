@@ -30,7 +30,7 @@ from .config import BOS_ID, EOS_ID, STREAMING_PAD_ID
 from .decoder import MAX_ROWS, decode, new_decoder_state
 from .encoder import adapt, encode, new_encoder_state
 from .mel import LogMel
-from .scheduler import DEFAULT_SPECULATE, Scheduler, StepPlan, pad_drafter
+from .scheduler import DEFAULT_SPECULATE, DraftLength, Scheduler, StepPlan, pad_drafter
 from .tokenizer import TextDecoder
 
 
@@ -74,8 +74,8 @@ class Stream:
     of SPEC §10, None = off) and alt_count, max_tokens, teacher (ids fed as the
     previous tokens instead of the argmax), record (keep intermediates for dumps).
 
-    speculate=k verifies k drafted tokens per decoder pass (0 = off; default
-    scheduler.DEFAULT_SPECULATE); drafter is a
+    speculate=k verifies up to k drafted tokens per decoder pass (0 = off; default
+    scheduler.DEFAULT_SPECULATE; fewer while drafts are refused, see DraftLength); drafter is a
     callable (tokens so far, k) -> k token ids, default: k x [STREAMING_PAD] (the
     tokens are the stream's own list, at least the latest 256 when live: read only). The
     tokens are exactly those of speculate=0. scheduled=True: feed/flush/finish only
@@ -101,6 +101,7 @@ class Stream:
         if drafter is not None and not callable(drafter):
             raise ValueError("drafter must be a callable (tokens so far, k) -> k token ids")
         self.speculate = int(speculate)
+        self._draft_length = DraftLength(self.speculate)
         self.drafter = drafter or pad_drafter
         self.scheduled = scheduled
         self.model = model
@@ -333,7 +334,7 @@ class Stream:
         `speculate` drafted ones, never past the audio received or the tokens allowed."""
         if self.done or not len(self._embeds) or self._dec.n_positions < len(self.prompt) - 1:
             return 0
-        n = 1 + min(self.speculate, len(self._embeds) - 1)
+        n = 1 + min(self._draft_length.next(), len(self._embeds) - 1)
         if self.teacher is not None:
             n = min(n, len(self.teacher) - self.n_tokens)
         if self.max_tokens is not None:
@@ -371,14 +372,20 @@ class Stream:
         best = ops.to_numpy(ops.xp.argmax(logits, axis=-1))       # [n] the ids come back, not the logits
         first = self._dec.n_positions - n                   # position of row 0
         restarts = self.restarts
+        committed, refused = 0, False
         for i in range(n):
-            if i > 0 and (self.done or self.restarts != restarts or self._fed_token() != plan.drafts[i - 1]):
+            if i > 0 and (self.done or self.restarts != restarts):
+                break                                       # the stream ended or restarted
+            if i > 0 and self._fed_token() != plan.drafts[i - 1]:
+                refused = True                              # the model disagrees with the guess
                 break
             self._dec.truncate(first + i + 1)               # later rows are dropped unless confirmed
             self._history.append(self._embeds[0])
             self._embeds = self._embeds[1:]
             self.timings.decoder_steps += 1
             self._emit(int(best[i]), logits[i], first + i)
+            committed += 1
+        self._draft_length.record(accepted=committed - 1, rejected=refused)
         self.timings.decoder_s += seconds
         self.timings.decoder_passes += 1
         if self.complete:
