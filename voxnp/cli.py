@@ -87,8 +87,9 @@ THREADS = Option("threads", None, "CPU threads (default: $VOXNP_THREADS, else al
                  type=int, low=1, metavar="N")
 DELAY = Option("delay", None, "transcription delay in ms, 80..2400 in steps of 80 (default: 480)",
                type=float, metavar="MS")
-SPECULATE = Option("speculate", DEFAULT_SPECULATE, "speculative decoding: verify K drafted tokens "
-                   "per decoder pass, 0 = off (the output is the same for every K)",
+SPECULATE = Option("speculate", DEFAULT_SPECULATE, "speculative decoding: verify up to K drafted "
+                   "tokens per decoder pass (fewer while they fail), 0 = off; the output is the "
+                   "same for every K",
                    type=int, low=0, high=MAX_ROWS - 1, metavar="K")
 WEIGHTS = Option("weights", "bf16", "weight format (bf16 is the checkpoint itself and the reference; "
                  "int8 and q4 are converted once and cached)", choices=WEIGHT_FORMATS, metavar="FMT")
@@ -161,6 +162,10 @@ COMMANDS = {c.name: c for c in (
                     low=0.0, metavar="MB"),
              Option("served_name", "mistralai/Voxtral-Mini-4B-Realtime-2602", "model id reported "
                     "by /v1/models", metavar="NAME"),
+             Option("strict_model", False, "refuse realtime sessions that name another model",
+                    kind="switch"),
+             Option("interval", 0.5, "seconds of audio between runs of the network (how often "
+                    "deltas go out)", type=float, short=("-I",), low=0.0, metavar="SECONDS"),
              SPECULATE, THREADS, BACKEND)),
     Command("batch", "batch:batch_command", "transcribe a corpus into DIR: one output per input "
             "(written atomically) and manifest.jsonl; runs again resume; here or on a Ray cluster",
@@ -599,7 +604,7 @@ def quantize(model, *, to, out):
 
 
 def serve(*, model, host, port, api_key, weights, max_sessions, max_upload_mb, served_name,
-          speculate, threads, backend):
+          strict_model, interval, speculate, threads, backend):
     """Run the server (options: COMMANDS["serve"])."""
     try:
         from . import server
@@ -607,7 +612,8 @@ def serve(*, model, host, port, api_key, weights, max_sessions, max_upload_mb, s
         raise VoxnpError(f"voxnp serve needs its extra: pip install \"voxnp[serve]\" ({e})") from None
     server.main(model=model, host=host, port=port, api_key=api_key, weights=weights,
                 max_sessions=max_sessions, max_upload_mb=max_upload_mb, served_name=served_name,
-                speculate=speculate, threads=threads, backend=backend)
+                strict_model=strict_model, interval=interval, speculate=speculate, threads=threads,
+                backend=backend)
 
 
 def checkpoint(out, *, preset, seed, overwrite):

@@ -45,7 +45,7 @@ class DraftLength:
     rises to K while they succeed. The tokens never depend on k; only the time does.
     """
 
-    ROW_COST = 0.3      # a pass of 1 + k positions ~ 1 + 0.2..0.35 k steps (bench/speculate.py)
+    ROW_COST = 0.2      # a pass of 1 + k positions ~ 1 + 0.2 k steps (bench/speculate.py: 1.37, 1.54, 1.69, 1.9)
     DECAY = 0.9         # weight of the past per pass: p follows the last ~10 passes
     PROBE_EVERY = 8
 

@@ -17,6 +17,7 @@ import logging
 import sys
 
 from ..errors import VoxnpError
+from ..scheduler import DEFAULT_SPECULATE
 
 DEFAULT_SERVED_NAME = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 WS_MAX_FRAME = 16 * 1024 * 1024     # bytes: a base64 append of ~6 minutes of 16 kHz audio
@@ -24,7 +25,7 @@ WS_MAX_FRAME = 16 * 1024 * 1024     # bytes: a base64 append of ~6 minutes of 16
 
 def main(model=None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
          weights: str = "bf16", max_sessions: int = 4, max_upload_mb: float = 25.0,
-         served_name: str = DEFAULT_SERVED_NAME, interval: float = 0.5, speculate: int = 3,
+         served_name: str = DEFAULT_SERVED_NAME, interval: float = 0.5, speculate: int = DEFAULT_SPECULATE,
          strict_model: bool = False,
          threads: int | None = None, backend: str = "auto", log_level: str = "info") -> None:
     """Serve Voxtral Realtime over HTTP and WebSocket until interrupted.
