@@ -21,7 +21,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import memory_mb, print_table, write_json  # noqa: E402
+from common import memory_mb, print_table, row_recorder, write_json  # noqa: E402
 
 SHARED_AUDIO = HERE.parent.parent / "shared" / "audio"
 SAMPLES = ("5s_dont_worry_about_him.wav", "15s_there_are_two_of_them_out_there.wav",
@@ -259,10 +259,7 @@ def main(model=None, out=None, quick=False):
     results = {"model": str(model)}
     rows = []
 
-    def row(name, value, unit, note=""):
-        rows.append({"measure": name, "value": f"{value:.3g}" if isinstance(value, float) else value,
-                     "unit": unit, "note": note})
-        results[name] = value
+    row = row_recorder(rows, results)
 
     bw = read_bandwidth_gbs()
     mm = matmul_gflops()

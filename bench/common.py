@@ -41,6 +41,15 @@ def print_table(rows: list[dict], header: bool = True) -> None:
         print("  ".join(str(r.get(k, "")).rjust(widths[k]) for k in keys), flush=True)
 
 
+def row_recorder(rows: list, results: dict):
+    """A function that adds one measure to a printed table (rows) and to the JSON results."""
+    def row(name, value, unit, note=""):
+        rows.append({"measure": name, "value": f"{value:.3g}" if isinstance(value, float) else value,
+                     "unit": unit, "note": note})
+        results[name] = value
+    return row
+
+
 def write_json(path, data: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench import SHARED_AUDIO, full_checkpoint, time_decoder  # noqa: E402
-from common import print_table, write_json  # noqa: E402
+from common import print_table, row_recorder, write_json  # noqa: E402
 
 FORMATS = ("bf16", "int8", "q4")
 SAMPLE_60S = "60s_i_dont_want_anyones_life_on_my_hands.wav"
@@ -128,10 +128,7 @@ def main(model=None, out=None, quick=False):
     results = {"model": str(model)}
     rows = []
 
-    def row(name, value, unit, note=""):
-        rows.append({"measure": name, "value": f"{value:.3g}" if isinstance(value, float) else value,
-                     "unit": unit, "note": note})
-        results[name] = value
+    row = row_recorder(rows, results)
 
     for name, err in matmul_proxy().items():
         row(f"matmul_error_{name}", err, "relative", "Student-t(3) W, 8 outlier channels in x")

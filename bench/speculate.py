@@ -26,7 +26,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench import SHARED_AUDIO, full_checkpoint, matmul_gflops, read_bandwidth_gbs  # noqa: E402
-from common import memory_mb, print_table, write_json  # noqa: E402
+from common import print_table, write_json  # noqa: E402
 
 SAMPLE_15 = SHARED_AUDIO / "15s_there_are_two_of_them_out_there.wav"
 SAMPLE_60 = SHARED_AUDIO / "60s_i_dont_want_anyones_life_on_my_hands.wav"
