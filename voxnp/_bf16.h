@@ -168,14 +168,6 @@ static inline void bf16_block(const uint16_t *w, int64_t k, int nr, const float 
 }
 #endif
 
-/* out[i] = float32(w[i]) for n BF16 values: the upper half of a float32 is a BF16
- * (vectorised by the compiler: zero-extend, shift, store). */
-static inline void bf16_widen(const uint16_t *w, int64_t n, float *out) {
-    uint32_t *bits = (uint32_t *)out;
-    int64_t i;
-    for (i = 0; i < n; i++) bits[i] = (uint32_t)w[i] << 16;
-}
-
 /* Rows [r0, r1) of y = x @ W.T for all M activation rows (one parallel block). */
 static inline void bf16_rows(const uint16_t *w, int64_t k, int64_t r0, int64_t r1,
                              const float *x, int64_t M, float *y, int64_t n) {

@@ -15,7 +15,6 @@ cdef extern from "_bf16.h" nogil:
     int BF16_BLOCK
     void bf16_rows(const uint16_t* w, int64_t k, int64_t r0, int64_t r1,
                    const float* x, int64_t M, float* y, int64_t n)
-    void bf16_widen(const uint16_t* w, int64_t n, float* out)
 
 
 cdef Py_ssize_t PARALLEL_MIN_WEIGHTS = 1 << 18   # 512 KiB of BF16
@@ -46,27 +45,6 @@ def matmul_bf16(const uint16_t[:, ::1] w, const float[:, ::1] x, float[:, ::1] y
     with nogil:
         for b in prange(n_blocks, schedule="static", num_threads=threads):
             bf16_rows(&w[0, 0], k, b * rb, min(n, (b + 1) * rb), &x[0, 0], M, &y[0, 0], n)
-
-
-def widen_bf16(const uint16_t[:, ::1] w, Py_ssize_t r0, Py_ssize_t r1, float[::1] out, int threads=1):
-    """out[:(r1 - r0) * k] = float32(W[r0:r1]) for BF16 bits W [n, k], exactly (a BF16 is
-    the upper half of a float32). Split over `threads` OpenMP threads by rows."""
-    cdef Py_ssize_t k = w.shape[1], rows = r1 - r0, chunk, c, n_chunks
-    if r0 < 0 or r1 > w.shape[0] or rows < 0 or out.shape[0] < rows * k:
-        raise ValueError(f"widen_bf16: rows {r0}..{r1} of {w.shape[0]}x{k} into {out.shape[0]} floats")
-    if rows == 0 or k == 0:
-        return
-    if threads <= 1:
-        with nogil:
-            bf16_widen(&w[r0, 0], rows * k, &out[0])
-        return
-    n_chunks = threads * 4
-    chunk = (rows + n_chunks - 1) // n_chunks
-    with nogil:
-        for c in prange(n_chunks, schedule="static", num_threads=threads):
-            if c * chunk < rows:
-                bf16_widen(&w[r0 + c * chunk, 0], (min(rows, (c + 1) * chunk) - c * chunk) * k,
-                           &out[c * chunk * k])
 
 
 # --- quantized kernels (see _quant.h) ---

@@ -60,9 +60,9 @@ def _widen_rows_py(w, r0, r1, out):
             dst[j] = np.uint32(src[j]) << 16
 
 
-# One loop, compiled twice. Blocks that alternate with BLAS calls are widened on one
-# thread: two thread pools fighting over the cores cost more than the loop (measured:
-# 38-row products 20% faster); whole tensors widened once use every core.
+# One loop, compiled twice. Matrices widened for BLAS right before the BLAS call are
+# widened on one thread (two thread pools fighting over the cores cost more than the
+# loop); a tensor widened once for keeps (`widen`) uses every core.
 _widen_rows = njit(cache=True, nogil=True)(_widen_rows_py)
 _widen_rows_parallel = njit(parallel=True, cache=True, nogil=True)(_widen_rows_py)
 
@@ -204,14 +204,6 @@ def _attend_ring(q, ring_k, ring_v, length, window, out):
                 out[t, g * group + h, d] = acc_v[h, d]
 
 
-class _RingBefore:
-    """The ring as it was before its last T positions were appended (read-only view)."""
-
-    def __init__(self, cache, T):
-        self.k, self.v, self.capacity, self.slot_runs = cache.k, cache.v, cache.capacity, cache.slot_runs
-        self.length = cache.length - T
-
-
 def attention_in_cache(q: np.ndarray, cache, window: int) -> np.ndarray:
     """Same contract as `ops.attention_in_cache`: q [T, H, hd] of the last T cached positions."""
     T, H, hd = q.shape
@@ -229,7 +221,7 @@ def attention_in_cache(q: np.ndarray, cache, window: int) -> np.ndarray:
     # BLAS on one thread: its threads spin after each call and starve the OpenMP
     # threads of the next layer's few-row products (measured: a 32-position prompt 4x slower)
     with threadpool_limits(1, user_api="blas"):
-        return _attention_block(q, k, v, _RingBefore(cache, T), window)
+        return _attention_block(q, k, v, cache, window, cached=cache.length - T)
 
 
 # e^x = 2^k e^f with x = k ln2 + f, |f| <= ln2 / 2: Cephes' single-precision polynomial
@@ -295,16 +287,18 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache, window: int) -
 QUERY_CHUNK = 128  # queries per BLAS pass: each chunk scores only the keys it can see
 
 
-def _attention_block(q, k, v, cache, window):
+def _attention_block(q, k, v, cache, window, cached=None):
     """T > 1 positions, in chunks of queries. Each chunk gathers the keys inside its
     window into one contiguous array (the visible run of the ring, at most two slot
     ranges, then the block's own keys so far), is scored by BLAS, masked and
     softmaxed in place, and weighted by BLAS again. (NumPy's stacked matmul uses BLAS
-    only on contiguous operands: on the ring's strided views it was ~30x slower.)"""
+    only on contiguous operands: on the ring's strided views it was ~30x slower.)
+    cached: positions of the ring before the block (default cache.length: k, v not
+    appended yet)."""
     T, H, hd = q.shape
     Hkv = k.shape[1]
     group = H // Hkv
-    L, cap = cache.length, cache.capacity
+    L, cap = cache.length if cached is None else cached, cache.capacity
     scale = np.float32(1.0 / np.sqrt(hd))
     kh = k.transpose(1, 0, 2)                                                # [Hkv, T, hd] views
     vh = v.transpose(1, 0, 2)

@@ -377,17 +377,8 @@ class CupyBackend:
     rope_frequencies = staticmethod(ops.rope_frequencies)
 
     def rope(self, x, positions, inv_freq):
-        """Interleaved RoPE, x [T, H, hd], positions [T] -> [T, H, hd] (angles in float64)."""
-        xp = self.xp
-        inv = self.weights.constant(inv_freq).astype(np.float64)
-        angle = xp.asarray(positions).astype(np.float64)[:, None] * inv[None, :]    # [T, hd/2]
-        cos = xp.cos(angle).astype(np.float32)[:, None, :]                          # [T, 1, hd/2]
-        sin = xp.sin(angle).astype(np.float32)[:, None, :]
-        even, odd = x[..., 0::2], x[..., 1::2]                                       # [T, H, hd/2]
-        out = xp.empty_like(x)
-        out[..., 0::2] = even * cos - odd * sin
-        out[..., 1::2] = even * sin + odd * cos
-        return out
+        """`ops.rope` on the device arrays (angles in float64)."""
+        return ops.rope(x, self.xp.asarray(positions), self.weights.constant(inv_freq), xp=self.xp)
 
     # -- attention over the rings (read in place: the visible window only)
 

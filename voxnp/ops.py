@@ -60,16 +60,16 @@ def rope_frequencies(head_dim: int, theta: float) -> np.ndarray:
     return (1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)).astype(np.float32)
 
 
-def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
+def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, xp=np) -> np.ndarray:
     """Interleaved RoPE: pairs (0,1), (2,3), ... of each head rotate by pos * inv_freq[j].
 
-    x [T, H, hd], positions [T] -> [T, H, hd]
+    x [T, H, hd], positions [T] -> [T, H, hd]; xp: the namespace of x (numpy or cupy).
     """
     angle = positions.astype(np.float64)[:, None] * inv_freq.astype(np.float64)[None, :]  # [T, hd/2]
-    cos = np.cos(angle).astype(np.float32)[:, None, :]                                # [T, 1, hd/2]
-    sin = np.sin(angle).astype(np.float32)[:, None, :]
+    cos = xp.cos(angle).astype(np.float32)[:, None, :]                                # [T, 1, hd/2]
+    sin = xp.sin(angle).astype(np.float32)[:, None, :]
     even, odd = x[..., 0::2], x[..., 1::2]                                              # [T, H, hd/2]
-    out = np.empty_like(x)
+    out = xp.empty_like(x)
     out[..., 0::2] = even * cos - odd * sin
     out[..., 1::2] = even * sin + odd * cos
     return out

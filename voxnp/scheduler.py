@@ -29,6 +29,13 @@ from .decoder import MAX_ROWS, decode_rows
 DEFAULT_SPECULATE = 4  # most drafted tokens per pass by default (DraftLength picks fewer when they fail)
 
 
+def rows_option(name: str, value, low: int, high: int) -> int:
+    """An option counted in decoder rows (speculate, batch): a whole number low..high."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number {low}..{high}, got {value!r}")
+    return int(value)
+
+
 def pad_drafter(tokens: list[int], k: int) -> list[int]:
     """The default drafter: the next k tokens are [STREAMING_PAD] (60-75% of the tokens
     of real speech are)."""
@@ -123,17 +130,17 @@ class Scheduler:
         """One decoder pass over the streams that can decode; False when none can."""
         for s in streams:
             s.prefill()
-        ready = [s for s in streams if s.wanted_rows() > 0]
+        ready = [(s, n) for s in streams if (n := s.wanted_rows()) > 0]
         if not ready:
             return False
         start = self._turn % len(ready)
         ready = ready[start:] + ready[:start]                   # take turns beyond max_rows
         self._turn += self.max_rows
-        counts = share_rows([s.wanted_rows() for s in ready], self.max_rows)
-        plans = [s.plan(n) for s, n in zip(ready, counts) if n]
+        counts = share_rows([n for _, n in ready], self.max_rows)
+        plans = [s.plan(n) for (s, _), n in zip(ready, counts) if n]
         m = self.model
         t0 = time.perf_counter()
-        logits = decode_rows(np.concatenate([p.inputs for p in plans]),         # [R, dim]
+        logits = decode_rows(m.ops.xp.concatenate([p.inputs for p in plans]),   # [R, dim]
                              [p.stream.decoder_state for p in plans], [len(p.inputs) for p in plans],
                              m.weights.decoder, m.config, m.ops, m.decoder_inv_freq)  # [R, vocab]
         seconds = time.perf_counter() - t0

@@ -30,7 +30,7 @@ from .config import BOS_ID, EOS_ID, STREAMING_PAD_ID
 from .decoder import MAX_ROWS, decode, new_decoder_state
 from .encoder import adapt, encode, new_encoder_state
 from .mel import LogMel
-from .scheduler import DEFAULT_SPECULATE, DraftLength, Scheduler, StepPlan, pad_drafter
+from .scheduler import DEFAULT_SPECULATE, DraftLength, Scheduler, StepPlan, pad_drafter, rows_option
 from .tokenizer import TextDecoder
 
 
@@ -95,12 +95,9 @@ class Stream:
                  teacher=None, record: bool = False, on_token=None, live: bool = False,
                  speculate: int = DEFAULT_SPECULATE, drafter=None, scheduled: bool = False):
         cfg = model.config
-        if isinstance(speculate, bool) or not isinstance(speculate, (int, np.integer)) \
-                or not 0 <= speculate < MAX_ROWS:
-            raise ValueError(f"speculate must be a whole number 0..{MAX_ROWS - 1}, got {speculate!r}")
         if drafter is not None and not callable(drafter):
             raise ValueError("drafter must be a callable (tokens so far, k) -> k token ids")
-        self.speculate = int(speculate)
+        self.speculate = rows_option("speculate", speculate, 0, MAX_ROWS - 1)
         self._draft_length = DraftLength(self.speculate)
         self.drafter = drafter or pad_drafter
         self.scheduled = scheduled
@@ -545,8 +542,7 @@ def transcribe_many(model, inputs, batch: int = 4, delay_ms: float | None = None
     """
     from .errors import VoxnpError
 
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= batch <= MAX_ROWS:
-        raise ValueError(f"batch must be a whole number 1..{MAX_ROWS}, got {batch!r}")
+    rows_option("batch", batch, 1, MAX_ROWS)
     scheduler = Scheduler(model)
     waiting = deque(enumerate(inputs))
     active: list[tuple[int, Stream, np.ndarray, deque]] = []   # (index, stream, samples, feeds left)

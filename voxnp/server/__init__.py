@@ -12,12 +12,12 @@ Needs the `serve` extra: pip install "voxnp[serve]".
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import sys
 
 from ..errors import VoxnpError
-from ..scheduler import DEFAULT_SPECULATE
+from ..decoder import MAX_ROWS
+from ..scheduler import DEFAULT_SPECULATE, rows_option
 
 DEFAULT_SERVED_NAME = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 WS_MAX_FRAME = 16 * 1024 * 1024     # bytes: a base64 append of ~6 minutes of 16 kHz audio
@@ -35,7 +35,7 @@ def main(model=None, host: str = "127.0.0.1", port: int = 8000, api_key: str | N
       host: address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)
       port: TCP port
       api_key: require `Authorization: Bearer KEY` on every route but /health
-      weights: weight format to run (bf16; others where this voxnp build offers them)
+      weights: weight format to run: bf16 (the checkpoint), int8 or q4
       max_sessions: transcriptions and realtime connections at once (more get 503)
       max_upload_mb: largest file POST /v1/audio/transcriptions accepts (more get 413)
       served_name: the model id clients see in /v1/models and send back
@@ -67,14 +67,11 @@ def main(model=None, host: str = "127.0.0.1", port: int = 8000, api_key: str | N
     if max_upload_mb <= 0 or interval < 0:
         raise VoxnpError("--max-upload-mb must be > 0 and --interval >= 0")
     setup_logging(log_level)
-    load_options = dict(backend=backend, threads=threads)
-    if "weights" in inspect.signature(load).parameters:
-        load_options["weights"] = weights
-    elif weights != "bf16":
-        raise VoxnpError(f"--weights {weights}: this voxnp build runs bf16 weights only")
-    m = load(model, **load_options)
-    if isinstance(speculate, bool) or not isinstance(speculate, int) or not 0 <= speculate <= 7:
-        raise VoxnpError(f"--speculate must be a whole number 0..7, got {speculate!r}")
+    try:
+        rows_option("--speculate", speculate, 0, MAX_ROWS - 1)
+    except ValueError as e:
+        raise VoxnpError(str(e)) from None
+    m = load(model, backend=backend, threads=threads, weights=weights)
     engine = Engine(m, max_sessions=max_sessions, interval=interval, speculate=speculate)
     server = Server(engine, served_name=str(served_name), api_key=str(api_key) if api_key else None,
                     max_upload_mb=max_upload_mb, strict_model=bool(strict_model))
