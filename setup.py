@@ -12,7 +12,10 @@ FLAGS = ["-O3", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
          "-fno-trapping-math", "-fopenmp"] + ARCH
 
 SERVE = ["starlette>=0.37", "uvicorn>=0.30", "python-multipart>=0.0.9", "websockets>=14"]  # voxnp serve
-RAY = ["ray>=2.60"]  # voxnp batch --ray (tested with 2.60; older ActorPools reuse dead actors)
+RAY = ["ray>=2.60"]
+# NVRTC alone (no GPU, no driver): the tests compile the cupy backend's CUDA source to PTX
+NVRTC = ['nvidia-cuda-nvrtc-cu12>=12.4; sys_platform == "linux" and '
+         '(platform_machine == "x86_64" or platform_machine == "aarch64")']  # voxnp batch --ray (tested with 2.60; older ActorPools reuse dead actors)
 
 setup(
     name="voxnp",
@@ -34,7 +37,7 @@ setup(
                       "huggingface_hub>=0.20"],   # `voxnp download`
     extras_require={
         # the tests cover the server (driven by the real `openai` client) and Ray batch jobs
-        "test": ["pytest>=7", "mistral_common>=1.5", "openai[realtime]>=1.102"] + SERVE + RAY,
+        "test": ["pytest>=7", "mistral_common>=1.5", "openai[realtime]>=1.102"] + SERVE + RAY + NVRTC,
         "mic": ["sounddevice>=0.4"],
         "gpu": ["cupy-cuda12x>=13"],
         "bench": ["mistral_common>=1.5"],

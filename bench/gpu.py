@@ -90,11 +90,38 @@ def check_kernels(cp) -> dict:
             ref = twins.bf16_rows(x[:T], w)
             worst = max(worst, float(np.abs(got - ref).max() / np.abs(ref).max()))
     widen_exact = bool(np.array_equal(cp.asnumpy(cuda.widen(cp.asarray(w))), twins.widen(w)))
+
+    def rel(got, ref):
+        return float(np.abs(cp.asnumpy(got) - ref).max() / max(np.abs(ref).max(), 1e-30))
+
     g = rng.standard_normal(1001, dtype=np.float32) * 3
+    u = rng.standard_normal(1001, dtype=np.float32)
     gelu_err = float(np.abs(cp.asnumpy(cuda.gelu(cp.asarray(g))) - twins.gelu(g)).max())
-    return {"bf16_rows_rel_err": worst, "bf16_rows_rows_exact": rows_exact, "widen_exact": widen_exact,
-            "gelu_max_err": gelu_err,
-            "kernels_ok": rows_exact and widen_exact and worst <= TOLERANCE and gelu_err <= 1e-5}
+    swiglu_err = rel(cuda.swiglu(cp.asarray(g), cp.asarray(u)), twins.swiglu(g, u))
+    x = rng.standard_normal((5, 3072), dtype=np.float32)
+    nw = rng.standard_normal(3072, dtype=np.float32)
+    norm_err = rel(cuda.rms_norm(cp.asarray(x), cp.asarray(nw), 1e-5), twins.rms_norm(x, nw, 1e-5))
+    from voxnp import ops
+
+    q = rng.standard_normal((3, 32, 128), dtype=np.float32)
+    pos = np.array([0, 41, 1_000_003])
+    inv_freq = ops.rope_frequencies(128, 1e6)
+    rope_err = rel(cuda.rope(cp.asarray(q), cp.asarray(pos), cp.asarray(inv_freq)), twins.rope(q, pos, inv_freq))
+    attention_err = 0.0
+    for hd, T, length, window, capacity in ((128, 1, 40, 8192, 8200), (128, 8, 9000, 8192, 8200),
+                                            (64, 5, 900, 750, 758)):
+        ring_k = rng.standard_normal((8, capacity, hd), dtype=np.float32)
+        ring_v = rng.standard_normal((8, capacity, hd), dtype=np.float32)
+        qq = rng.standard_normal((T, 32, hd), dtype=np.float32)
+        first_valid = max(0, length - capacity)
+        got = cuda.attend_ring(cp.asarray(qq), cp.asarray(ring_k), cp.asarray(ring_v), length - T, first_valid, window)
+        attention_err = max(attention_err, rel(got, twins.attend_ring(qq, ring_k, ring_v, length - T,
+                                                                      first_valid, window)))
+    errors = {"gelu_max_err": gelu_err, "swiglu_rel_err": swiglu_err, "rms_norm_rel_err": norm_err,
+              "rope_rel_err": rope_err, "attend_ring_rel_err": attention_err}
+    return {"bf16_rows_rel_err": worst, "bf16_rows_rows_exact": rows_exact, "widen_exact": widen_exact, **errors,
+            "kernels_ok": rows_exact and widen_exact and worst <= TOLERANCE and gelu_err <= 1e-5
+            and max(swiglu_err, norm_err, rope_err, attention_err) <= TOLERANCE}
 
 
 # ---------------------------------------------------------------------------
@@ -199,42 +226,80 @@ def main() -> None:
     print(f"device: {result['device']}", flush=True)
     t0 = time.perf_counter()
     short = read_wav(SHORT)
-    result.update(check_kernels(cp))
-    result.update(check_tiny(short[:48000]))
-    print({k: result[k] for k in ("kernels_ok", "tokens_equal_tiny", "rel_err_tiny")}, flush=True)
+    state = {}
+
+    def phase(name, f):
+        """Run one phase; a failure is recorded (first lines of its traceback) and the rest go on."""
+        t = time.perf_counter()
+        try:
+            f()
+        except Exception:
+            import traceback
+
+            result.setdefault("errors", {})[name] = traceback.format_exc().strip().splitlines()[-12:]
+            print(f"[{name}] FAILED:\n" + traceback.format_exc(), flush=True)
+        print(f"[{name}] {time.perf_counter() - t:.1f} s", flush=True)
+        write_json(args.out, result)                 # what is known so far survives a timeout
+
+    phase("kernels", lambda: result.update(check_kernels(cp)))
+    phase("tiny", lambda: result.update(check_tiny(short[:48000])))
+    print({k: result.get(k) for k in ("kernels_ok", "tokens_equal_tiny", "rel_err_tiny")}, flush=True)
 
     import voxnp
     from voxnp.stream import transcribe, transcribe_many
 
-    path = full_checkpoint(args.model)
     memory = GpuMemory(cp)
-    t = time.perf_counter()
-    m = voxnp.load(path, backend="cupy")
-    memory.sample()
-    result["load_s"] = time.perf_counter() - t
-    result["decoder_ms_per_step_ctx40"] = decoder_ms(cp, m, 40)
-    result["decoder_ms_per_step_ctx2000"] = decoder_ms(cp, m, 2000)
-    memory.sample()
-    result["encoder_s_per_audio_s"] = encoder_s_per_s(cp, m)
-    result["prefill_s"] = prefill_s(cp, m)
-    memory.sample()
-    result["e2e_5s_s"] = timed(cp, lambda: transcribe(m, short))
-    result["e2e_60s_s"] = None if args.quick else timed(cp, lambda: transcribe(m, read_wav(LONG)))
-    memory.sample()
-    if not args.quick:
+
+    def load():
+        path = full_checkpoint(args.model)
+        t = time.perf_counter()
+        state["m"] = voxnp.load(path, backend="cupy")
+        memory.sample()
+        result["load_s"] = time.perf_counter() - t
+
+    def decoder():
+        result["decoder_ms_per_step_ctx40"] = decoder_ms(cp, state["m"], 40)
+        result["decoder_ms_per_step_ctx2000"] = decoder_ms(cp, state["m"], 2000)
+        memory.sample()
+
+    def encoder():
+        result["encoder_s_per_audio_s"] = encoder_s_per_s(cp, state["m"])
+        memory.sample()
+
+    def prefill():
+        result["prefill_s"] = prefill_s(cp, state["m"])
+        memory.sample()
+
+    def end_to_end():
+        m = state["m"]
+        timed(cp, lambda: transcribe(m, short[:16000]))                         # warm
+        result["e2e_5s_s"] = timed(cp, lambda: transcribe(m, short))
+        result["e2e_60s_s"] = None if args.quick else timed(cp, lambda: transcribe(m, read_wav(LONG)))
+        memory.sample()
+
+    def batched():
+        m = state["m"]
         clip = short[:32000]
         alone = timed(cp, lambda: [transcribe(m, clip) for _ in range(4)]) / 4
         together = timed(cp, lambda: list(transcribe_many(m, [clip] * 16, batch=8)))
         result["batch16_s"] = together
         result["batch16_speedup"] = 16 * alone / together
         memory.sample()
-    else:
-        result["batch16_speedup"] = None
+
+    phase("load", load)
+    if "m" in state:
+        for name, f in (("decoder", decoder), ("encoder", encoder), ("prefill", prefill),
+                        ("end_to_end", end_to_end)):
+            phase(name, f)
+        if args.quick:
+            result["batch16_speedup"] = None
+        else:
+            phase("batch16", batched)
     result["gpu_memory_gb"] = memory.peak / 1e9
     result["total_s"] = time.perf_counter() - t0
-    print_table([{"figure": k, "value": f"{v:.4g}" if isinstance(v, float) else str(v)} for k, v in result.items()])
+    print_table([{"figure": k, "value": f"{v:.4g}" if isinstance(v, float) else str(v)}
+                 for k, v in result.items() if k != "errors"])
     write_json(args.out, result)
-
 
 if __name__ == "__main__":
     main()

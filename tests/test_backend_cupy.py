@@ -70,7 +70,7 @@ def stand_in_cupy(devices=1, free_bytes=80 << 30):
 
     fake.__getattr__ = __getattr__
     fake.asarray, fake.array, fake.asnumpy = asarray, array, asnumpy
-    fake.RawKernel = fake.ElementwiseKernel = no_cuda
+    fake.RawModule = lambda code: types.SimpleNamespace(get_function=no_cuda)
     fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(
         getDeviceCount=device_count, memGetInfo=lambda: (free_bytes, 80 << 30)))
     return fake
@@ -79,14 +79,11 @@ def stand_in_cupy(devices=1, free_bytes=80 << 30):
 class StandInKernels(kernels_cupy.KernelTwins):
     """The twins, their results on the stand-in's device."""
 
-    def bf16_rows(self, x, w):
-        return _on_device(super().bf16_rows(x, w))
-
-    def widen(self, w, out=None):
-        return _on_device(super().widen(w, out))
-
-    def gelu(self, x):
-        return _on_device(super().gelu(x))
+    def __getattribute__(self, name):
+        f = super().__getattribute__(name)
+        if name in kernels_cupy.KERNEL_NAMES:
+            return lambda *a, **k: _on_device(f(*a, **k))
+        return f
 
 
 @pytest.fixture()
@@ -223,3 +220,40 @@ def test_too_little_gpu_memory_is_one_line_and_exit_1(monkeypatch, tiny_dir, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert len(err) == 1 and "too little GPU memory" in err[0] and "1.1 GB free" in err[0]
+
+
+# ---------------------------------------------------------------------------
+# the twins are the definitions they stand for (bench/gpu.py holds the CUDA kernels to them)
+
+
+def test_twins_equal_the_ops_definitions():
+    from voxnp import ops
+
+    rng = np.random.default_rng(3)
+    twins = kernels_cupy.KernelTwins()
+    x = rng.standard_normal((5, 96), dtype=np.float32)
+    w = (rng.standard_normal(96, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)   # BF16 bits
+    np.testing.assert_array_equal(twins.rms_norm(x, twins.widen(w), 1e-5), ops.rms_norm(x, w, 1e-5))
+    g, u = rng.standard_normal((2, 3, 40), dtype=np.float32)
+    np.testing.assert_array_equal(twins.swiglu(g, u), ops.silu(g) * u)
+    q = rng.standard_normal((3, 4, 64), dtype=np.float32)
+    positions = np.array([7, 8, 9000])
+    inv_freq = ops.rope_frequencies(64, 1e6)
+    np.testing.assert_array_equal(twins.rope(q, positions, inv_freq), ops.rope(q, positions, inv_freq))
+
+
+@pytest.mark.parametrize("appended, window", [(5, 16), (40, 16), (70, 13)])
+def test_attend_ring_twin_is_attention_in_cache(appended, window):
+    """Queries of the last T positions over a ring that has wrapped (capacity = window + spare)."""
+    from voxnp import ops
+
+    rng = np.random.default_rng(appended)
+    T, H, Hkv, hd = 3, 8, 2, 32
+    cache = KVCache(window, Hkv, hd, spare=4)
+    for _ in range(appended - T):
+        cache.append(*rng.standard_normal((2, 1, Hkv, hd), dtype=np.float32))
+    cache.append(*rng.standard_normal((2, T, Hkv, hd), dtype=np.float32))
+    q = rng.standard_normal((T, H, hd), dtype=np.float32)
+    got = kernels_cupy.KernelTwins().attend_ring(q, cache.k, cache.v, cache.length - T,
+                                                 cache.length - cache.n_valid(), window)
+    np.testing.assert_allclose(got.reshape(T, H * hd), ops.attention_in_cache(q, cache, window), rtol=1e-5, atol=1e-6)

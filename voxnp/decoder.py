@@ -96,9 +96,8 @@ def decoder_layer(h: np.ndarray, w: DecoderLayerWeights, i: int, states: list[De
     x = ops.rms_norm(h, w.ffn_norm, d.norm_eps)                              # [R, 3072]
     for state, r in zip(states, rows):
         x[r] *= state.ffn_scales[i]                                          # (1 + ada(t_cond)) of its delay
-    gate = ops.silu(ops.linear(x, w.w1))                                     # [R, 9216]
-    up = ops.linear(x, w.w3)                                                 # [R, 9216]
-    return h + ops.linear(gate * up, w.w2)                                   # [R, 3072]
+    gated = ops.swiglu(ops.linear(x, w.w1), ops.linear(x, w.w3))            # [R, 9216]
+    return h + ops.linear(gated, w.w2)                                       # [R, 3072]
 
 
 def decode(inputs: np.ndarray, state: DecoderState, w: DecoderWeights, cfg: ModelConfig, ops,

@@ -323,6 +323,6 @@ def _attention_block(q, k, v, cache, window, cached=None):
 # Ops with no faster version than the plain one.
 rms_norm = ops.rms_norm
 gelu = ops.gelu
-silu = ops.silu
+swiglu = ops.swiglu
 embed = ops.embed
 rope_frequencies = ops.rope_frequencies

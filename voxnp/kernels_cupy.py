@@ -64,8 +64,11 @@ def _first_line(e: Exception) -> str:
 # ---------------------------------------------------------------------------
 # the custom kernels (CUDA) and their NumPy twins
 
-_BF16_ROWS_SOURCE = r"""
-// y[t, n] = sum_k x[t, k] * float32(W[n, k]) for T <= 8 rows of x.
+CUDA_SOURCE = r"""
+// voxnp's CUDA kernels: one module, compiled by NVRTC (through CuPy) on first use.
+// Every kernel has a NumPy twin in kernels_cupy.KernelTwins.
+
+// y[t, n] = sum_k x[t, k] * float32(W[n, k]) for T <= MAX_T rows of x.
 // One warp computes ROWS weight rows; lane l reads the row in 16-byte pieces
 // (8 BF16) when `vec`, else one BF16 at a time. A BF16 widens exactly: bits << 16.
 // Each row t's sum has the same order whatever T is (fmaf per element, then a
@@ -137,21 +140,160 @@ extern "C" __global__ void bf16_rows(const float* __restrict__ x, const unsigned
             if (lane == 0 && t < T && n0 + r < N) y[(size_t)t * N + n0 + r] = s;
         }
 }
+
+#define GRID_STRIDE(i, n) \
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); \
+         i += (long long)gridDim.x * blockDim.x)
+
+// y = float32(w): BF16 bits widen exactly.
+extern "C" __global__ void widen(const unsigned short* __restrict__ w, float* __restrict__ y, long long n)
+{
+    GRID_STRIDE(i, n) y[i] = __uint_as_float(((unsigned int)w[i]) << 16);
+}
+
+// y = x/2 (1 + erf(x / sqrt 2)), the exact GELU.
+extern "C" __global__ void gelu(const float* __restrict__ x, float* __restrict__ y, long long n)
+{
+    GRID_STRIDE(i, n) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+}
+
+// y = silu(g) * u = g / (1 + exp(-g)) * u, the SwiGLU gate.
+extern "C" __global__ void swiglu(const float* __restrict__ g, const float* __restrict__ u,
+                                  float* __restrict__ y, long long n)
+{
+    GRID_STRIDE(i, n) y[i] = __fmul_rn(__fdiv_rn(g[i], 1.0f + expf(-g[i])), u[i]);
+}
+
+__device__ __forceinline__ float warp_sum(float s)
+{
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    return s;
+}
+
+// One block per row r of x [R, D]: y = x / sqrt(mean(x^2) + eps) * w.
+extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __restrict__ w,
+                                    float* __restrict__ y, int D, float eps)
+{
+    __shared__ float part[32];
+    const float* xr = x + (size_t)blockIdx.x * D;
+    float* yr = y + (size_t)blockIdx.x * D;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) s = fmaf(xr[i], xr[i], s);
+    s = warp_sum(s);
+    if (lane == 0) part[warp] = s;
+    __syncthreads();
+    if (warp == 0) {
+        s = warp_sum(lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0f);
+        if (lane == 0) part[0] = s;
+    }
+    __syncthreads();
+    const float root = sqrtf(part[0] / (float)D + eps);
+    for (int i = threadIdx.x; i < D; i += blockDim.x) yr[i] = __fmul_rn(__fdiv_rn(xr[i], root), w[i]);
+}
+
+// Interleaved RoPE of x [T, H, 2*half]: pair j of every head of row t turns by
+// pos[t] * inv_freq[j] (the angle, its cosine and sine in double, then float).
+extern "C" __global__ void rope(const float* __restrict__ x, float* __restrict__ y,
+                                const long long* __restrict__ pos, const float* __restrict__ inv_freq,
+                                int H, int half, long long n_pairs)
+{
+    GRID_STRIDE(i, n_pairs) {
+        const int j = (int)(i % half);
+        const long long t = i / half / H;
+        const double angle = (double)pos[t] * (double)inv_freq[j];
+        const float c = (float)cos(angle), s = (float)sin(angle);
+        const float e = x[2 * i], o = x[2 * i + 1];
+        y[2 * i] = __fsub_rn(__fmul_rn(e, c), __fmul_rn(o, s));
+        y[2 * i + 1] = __fadd_rn(__fmul_rn(e, s), __fmul_rn(o, c));
+    }
+}
+
+// Attention of T query rows over a circular KV buffer that already holds their keys.
+// q [T, H, hd] (hd a multiple of 32, <= 256), rings k, v [Hkv, capacity, hd]; row t is
+// at position first_pos + t and sees positions p, max(first_valid, pos - window + 1)
+// <= p <= pos, held in slot p % capacity. Block (h, t), 8 warps: each warp keeps an
+// online softmax over every 8th key (lane l holds dims l, l+32, ...), then the warps
+// merge. out [T, H, hd].
+#define ATT_WARPS 8
+#define NEG_INF __int_as_float(0xff800000)
+#define ATT_MAX_PER_LANE 8
+extern "C" __global__ void attend_ring(const float* __restrict__ q, const float* __restrict__ ring_k,
+                                       const float* __restrict__ ring_v, float* __restrict__ out,
+                                       int H, int Hkv, int hd, int capacity, long long first_pos,
+                                       long long first_valid, int window, float scale)
+{
+    __shared__ float m_w[ATT_WARPS], l_w[ATT_WARPS];
+    __shared__ float acc_w[ATT_WARPS][32 * ATT_MAX_PER_LANE];
+    const int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int per_lane = hd >> 5, g = h / (H / Hkv);
+    const long long pos = first_pos + t;
+    const long long lo = max(first_valid, pos - window + 1);
+    const float* qr = q + ((size_t)t * H + h) * hd;
+    float qv[ATT_MAX_PER_LANE], acc[ATT_MAX_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
+        qv[i] = i < per_lane ? qr[lane + 32 * i] * scale : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float m = NEG_INF, l = 0.0f;
+    for (long long p = lo + warp; p <= pos; p += ATT_WARPS) {
+        const size_t base = ((size_t)g * capacity + (size_t)(p % capacity)) * hd;
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_PER_LANE; ++i)
+            if (i < per_lane) s = fmaf(qv[i], ring_k[base + lane + 32 * i], s);
+        s = warp_sum(s);
+        const float m_new = fmaxf(m, s);
+        const float keep = expf(m - m_new), weight = expf(s - m_new);
+        l = l * keep + weight;
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_PER_LANE; ++i)
+            if (i < per_lane) acc[i] = fmaf(weight, ring_v[base + lane + 32 * i], acc[i] * keep);
+        m = m_new;
+    }
+    if (lane == 0) { m_w[warp] = m; l_w[warp] = l; }
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_PER_LANE; ++i)
+        if (i < per_lane) acc_w[warp][lane + 32 * i] = acc[i];
+    __syncthreads();
+    float top = NEG_INF;
+    for (int w = 0; w < ATT_WARPS; ++w) top = fmaxf(top, m_w[w]);
+    float total = 0.0f;
+    for (int w = 0; w < ATT_WARPS; ++w) total += l_w[w] > 0.0f ? l_w[w] * expf(m_w[w] - top) : 0.0f;
+    float* o = out + ((size_t)t * H + h) * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float sum = 0.0f;
+        for (int w = 0; w < ATT_WARPS; ++w)
+            if (l_w[w] > 0.0f) sum = fmaf(acc_w[w][d], expf(m_w[w] - top), sum);
+        o[d] = sum / total;
+    }
+}
 """
+KERNEL_NAMES = ("bf16_rows", "widen", "gelu", "swiglu", "rms_norm", "rope", "attend_ring")
 _BF16_ROWS_PER_WARP = 2
 _WARPS_PER_BLOCK = 4
+_ELEMENTWISE_THREADS = 256
+_ATTENTION_THREADS = 256      # ATT_WARPS warps
+_ATTENTION_MAX_HEAD_DIM = 256  # 32 lanes x ATT_MAX_PER_LANE
 
 
 class CudaKernels:
-    """The backend's custom kernels, compiled on first use (NVRTC, cached by CuPy)."""
+    """The backend's custom kernels: `CUDA_SOURCE` compiled once (NVRTC, cached by CuPy)."""
 
     def __init__(self, cp):
         self.cp = cp
-        self._bf16_rows = cp.RawKernel(_BF16_ROWS_SOURCE, "bf16_rows")
-        self._widen = cp.ElementwiseKernel("uint16 w", "float32 y",
-                                           "y = __uint_as_float(((unsigned int)w) << 16)", "voxnp_widen")
-        self._gelu = cp.ElementwiseKernel("float32 x", "float32 y",
-                                          "y = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f))", "voxnp_gelu")
+        try:
+            module = cp.RawModule(code=CUDA_SOURCE)
+            self._f = {name: module.get_function(name) for name in KERNEL_NAMES}
+        except Exception as e:   # cupy.cuda.compiler.CompileException, a driver without NVRTC, ...
+            raise VoxnpError(f"the cupy backend's CUDA kernels ({', '.join(KERNEL_NAMES)}) failed to "
+                             f"compile: {_first_line(e)}") from None
+
+    def _elementwise(self, name, n, *args):
+        blocks = max(1, min(-(-n // _ELEMENTWISE_THREADS), 65536))
+        self._f[name]((blocks,), (_ELEMENTWISE_THREADS,), args + (np.int64(n),))
 
     def bf16_rows(self, x, w):
         """x [T, K] float32 (T <= FEW_ROWS), w [N, K] BF16 bits -> x @ float32(w).T [T, N]."""
@@ -165,24 +307,72 @@ class CudaKernels:
         y = cp.empty((T, N), cp.float32)
         warps = -(-N // _BF16_ROWS_PER_WARP)
         blocks = -(-warps // _WARPS_PER_BLOCK)
-        self._bf16_rows((blocks,), (32 * _WARPS_PER_BLOCK,),
-                        (x, w, y, np.int32(T), np.int32(N), np.int32(K), np.int32(vec)))
+        self._f["bf16_rows"]((blocks,), (32 * _WARPS_PER_BLOCK,),
+                             (x, w, y, np.int32(T), np.int32(N), np.int32(K), np.int32(vec)))
         return y
 
     def widen(self, w, out=None):
         """float32(w) for BF16 bits w (any shape), written into the front of `out` if given."""
-        if out is None:
-            return self._widen(w)
-        return self._widen(w, out[:w.size].reshape(w.shape))
+        w = self.cp.ascontiguousarray(w)
+        y = self.cp.empty(w.shape, np.float32) if out is None else out[:w.size].reshape(w.shape)
+        self._elementwise("widen", w.size, w, y)
+        return y
 
     def gelu(self, x):
         """Exact GELU, x/2 (1 + erf(x / sqrt 2)), in float32."""
-        return self._gelu(x)
+        x = self.cp.ascontiguousarray(x, dtype=np.float32)
+        y = self.cp.empty_like(x)
+        self._elementwise("gelu", x.size, x, y)
+        return y
+
+    def swiglu(self, gate, up):
+        """silu(gate) * up, one pass."""
+        cp = self.cp
+        gate, up = cp.ascontiguousarray(gate, dtype=np.float32), cp.ascontiguousarray(up, dtype=np.float32)
+        y = cp.empty_like(gate)
+        self._elementwise("swiglu", gate.size, gate, up, y)
+        return y
+
+    def rms_norm(self, x, w, eps: float):
+        """x [..., D] / sqrt(mean(x^2) + eps) * w [D] (float32), one block per row."""
+        cp = self.cp
+        x = cp.ascontiguousarray(x, dtype=np.float32)
+        D = x.shape[-1]
+        y = cp.empty_like(x)
+        self._f["rms_norm"]((max(1, x.size // D),), (256,), (x, w, y, np.int32(D), np.float32(eps)))
+        return y
+
+    def rope(self, x, positions, inv_freq):
+        """Interleaved RoPE of x [T, H, hd] at positions [T] (int64) with inv_freq [hd/2]."""
+        cp = self.cp
+        x = cp.ascontiguousarray(x, dtype=np.float32)
+        T, H, hd = x.shape
+        y = cp.empty_like(x)
+        pos = cp.ascontiguousarray(positions, dtype=np.int64)
+        self._elementwise("rope", T * H * (hd // 2), x, y, pos, inv_freq, np.int32(H), np.int32(hd // 2))
+        return y
+
+    def attend_ring(self, q, ring_k, ring_v, first_pos: int, first_valid: int, window: int):
+        """q [T, H, hd] at positions first_pos.. over the rings [Hkv, capacity, hd] -> [T, H, hd]."""
+        cp = self.cp
+        T, H, hd = q.shape
+        Hkv, capacity, _ = ring_k.shape
+        if hd % 32 or hd > _ATTENTION_MAX_HEAD_DIM:
+            raise ValueError(f"attend_ring needs a head size that is a multiple of 32 up to "
+                             f"{_ATTENTION_MAX_HEAD_DIM}, got {hd}")
+        q = cp.ascontiguousarray(q, dtype=np.float32)
+        out = cp.empty_like(q)
+        self._f["attend_ring"]((H, T), (_ATTENTION_THREADS,),
+                               (q, ring_k, ring_v, out, np.int32(H), np.int32(Hkv), np.int32(hd),
+                                np.int32(capacity), np.int64(first_pos), np.int64(first_valid),
+                                np.int32(window), np.float32(1.0 / np.sqrt(hd))))
+        return out
 
 
 class KernelTwins:
     """The plain NumPy definitions of `CudaKernels` (same signatures): the tests run
-    the backend through a NumPy stand-in for CuPy with these."""
+    the backend through a NumPy stand-in for CuPy with these, and hold the CUDA
+    kernels to them on a GPU (bench/gpu.py)."""
 
     def bf16_rows(self, x, w):
         return ops.linear(np.asarray(x, np.float32), w)
@@ -196,6 +386,31 @@ class KernelTwins:
 
     def gelu(self, x):
         return ops.gelu(x)
+
+    def swiglu(self, gate, up):
+        return ops.swiglu(gate, up)
+
+    def rms_norm(self, x, w, eps: float):
+        ms = np.mean(np.square(x), axis=-1, keepdims=True)
+        return (x / np.sqrt(ms + np.float32(eps)) * w).astype(np.float32)
+
+    def rope(self, x, positions, inv_freq):
+        return ops.rope(x, np.asarray(positions), np.asarray(inv_freq))
+
+    def attend_ring(self, q, ring_k, ring_v, first_pos: int, first_valid: int, window: int):
+        T, H, hd = q.shape
+        Hkv, capacity, _ = ring_k.shape
+        out = np.empty((T, H, hd), np.float32)
+        for t in range(T):
+            pos = first_pos + t
+            seen = np.arange(max(first_valid, pos - window + 1), pos + 1)       # visible positions
+            k, v = ring_k[:, seen % capacity], ring_v[:, seen % capacity]       # [Hkv, n, hd]
+            for h in range(H):
+                g = h // (H // Hkv)
+                scores = k[g] @ q[t, h] / np.float32(np.sqrt(hd))               # [n]
+                p = np.exp(scores - scores.max())
+                out[t, h] = (p / p.sum()) @ v[g]
+        return out
 
 
 # ---------------------------------------------------------------------------
@@ -358,16 +573,14 @@ class CupyBackend:
     # -- elementwise ops and norms
 
     def rms_norm(self, x, weight, eps: float):
-        """x / sqrt(mean(x^2) + eps) * w over the last axis, in float32."""
-        xp = self.xp
-        ms = xp.mean(xp.square(x), axis=-1, keepdims=True)
-        return x / xp.sqrt(ms + np.float32(eps)) * self.weights.float32(weight)
+        """x / sqrt(mean(x^2) + eps) * w over the last axis, in float32 (one kernel)."""
+        return self.kernels.rms_norm(x, self.weights.float32(weight), eps)
 
     def gelu(self, x):
         return self.kernels.gelu(x)
 
-    def silu(self, x):
-        return x / (np.float32(1.0) + self.xp.exp(-x))
+    def swiglu(self, gate, up):
+        return self.kernels.swiglu(gate, up)
 
     def embed(self, table, ids):
         """Rows of a BF16 embedding table [vocab, dim] -> float32 [n, dim] on the device."""
@@ -377,8 +590,8 @@ class CupyBackend:
     rope_frequencies = staticmethod(ops.rope_frequencies)
 
     def rope(self, x, positions, inv_freq):
-        """`ops.rope` on the device arrays (angles in float64)."""
-        return ops.rope(x, self.xp.asarray(positions), self.weights.constant(inv_freq), xp=self.xp)
+        """`ops.rope` in one kernel (angles, cosines and sines in float64)."""
+        return self.kernels.rope(x, self.xp.asarray(positions), self.weights.constant(inv_freq))
 
     # -- attention over the rings (read in place: the visible window only)
 
@@ -403,9 +616,8 @@ class CupyBackend:
         L = cache.length
         if T > cache.spare + 1 and L > cache.capacity:
             raise ValueError(f"{T} positions appended at once to a ring with {cache.spare} spare slots")
-        first = max(L - T - window + 1, L - cache.n_valid())
-        parts = [(cache.k[:, s:s + n], cache.v[:, s:s + n], p) for p, s, n in cache.slot_runs(first, L)]
-        return self._attend(q, parts, L - T, window).reshape(T, H * hd)
+        out = self.kernels.attend_ring(q, cache.k, cache.v, L - T, L - cache.n_valid(), window)  # [T, H, hd]
+        return out.reshape(T, H * hd)
 
     def _attend(self, q, parts, first_pos: int, window: int):
         """Queries at first_pos.. [C, H, hd] over key runs [(k, v [Hkv, n, hd], first position)]

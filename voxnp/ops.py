@@ -50,6 +50,11 @@ def silu(x: np.ndarray) -> np.ndarray:
     return (x / (1.0 + np.exp(-x))).astype(np.float32)
 
 
+def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """The SwiGLU product of the feed-forward: silu(gate) * up."""
+    return silu(gate) * up
+
+
 def embed(table: np.ndarray, ids) -> np.ndarray:
     """Rows of a BF16 embedding table [vocab, dim] -> float32 [n, dim]."""
     return bf16_to_f32(table[np.asarray(ids, dtype=np.int64)])
