@@ -107,20 +107,28 @@ def check_kernels(cp) -> dict:
     pos = np.array([0, 41, 1_000_003])
     inv_freq = ops.rope_frequencies(128, 1e6)
     rope_err = rel(cuda.rope(cp.asarray(q), cp.asarray(pos), cp.asarray(inv_freq)), twins.rope(q, pos, inv_freq))
-    attention_err = 0.0
-    for hd, T, length, window, capacity in ((128, 1, 40, 8192, 8200), (128, 8, 9000, 8192, 8200),
-                                            (64, 5, 900, 750, 758)):
-        ring_k = rng.standard_normal((8, capacity, hd), dtype=np.float32)
-        ring_v = rng.standard_normal((8, capacity, hd), dtype=np.float32)
-        qq = rng.standard_normal((T, 32, hd), dtype=np.float32)
-        first_valid = max(0, length - capacity)
-        got = cuda.attend_ring(cp.asarray(qq), cp.asarray(ring_k), cp.asarray(ring_v), length - T, first_valid, window)
-        attention_err = max(attention_err, rel(got, twins.attend_ring(qq, ring_k, ring_v, length - T,
-                                                                      first_valid, window)))
+    attention_err, ring_exact = 0.0, True
+    for hd, rows, lengths, window, capacity in ((128, [slice(0, 1)], [40], 8192, 8200),
+                                                (128, [slice(0, 5), slice(5, 8)], [9000, 100], 8192, 8200),
+                                                (64, [slice(0, 38)], [900], 750, 790)):
+        R = rows[-1].stop
+        host = [tuple(rng.standard_normal((2, 8, capacity, hd), dtype=np.float32)) for _ in rows]
+        device = [(cp.asarray(k), cp.asarray(v)) for k, v in host]
+        qq = rng.standard_normal((R, 32, hd), dtype=np.float32)
+        kk, vv = rng.standard_normal((2, R, 8, hd), dtype=np.float32)
+        firsts = [n - (r.stop - r.start) for n, r in zip(lengths, rows)]
+        lowest = [max(0, n - capacity) for n in lengths]
+        got = cuda.append_and_attend(cp.asarray(qq), cp.asarray(kk), cp.asarray(vv), device, rows, firsts, lowest,
+                                     window)
+        want = twins.append_and_attend(qq, kk, vv, host, rows, firsts, lowest, window)
+        attention_err = max(attention_err, rel(got, want))
+        ring_exact &= all(np.array_equal(cp.asnumpy(d[0]), h[0]) and np.array_equal(cp.asnumpy(d[1]), h[1])
+                          for d, h in zip(device, host))
     errors = {"gelu_max_err": gelu_err, "swiglu_rel_err": swiglu_err, "rms_norm_rel_err": norm_err,
-              "rope_rel_err": rope_err, "attend_ring_rel_err": attention_err}
+              "rope_rel_err": rope_err, "attention_rel_err": attention_err,
+              "ring_append_exact": ring_exact}
     return {"bf16_rows_rel_err": worst, "bf16_rows_rows_exact": rows_exact, "widen_exact": widen_exact, **errors,
-            "kernels_ok": rows_exact and widen_exact and worst <= TOLERANCE and gelu_err <= 1e-5
+            "kernels_ok": rows_exact and widen_exact and ring_exact and worst <= TOLERANCE and gelu_err <= 1e-5
             and max(swiglu_err, norm_err, rope_err, attention_err) <= TOLERANCE}
 
 
@@ -161,23 +169,34 @@ def full_checkpoint(path: str | None) -> Path:
     return d
 
 
-def decoder_ms(cp, m, context: int, steps: int = 20) -> float:
-    """ms per decoder step (one row) with `context` positions already in the rings."""
-    from voxnp.decoder import decode, new_decoder_state
+def decoder_state_at(cp, m, context: int):
+    """A decoder state whose rings hold `context` (random) positions."""
+    from voxnp.decoder import new_decoder_state
 
-    cfg = m.config
-    state = new_decoder_state(cfg, m.weights.decoder, 6, m.ops)
-    for cache in state.caches:                       # pretend `context` positions were decoded
+    state = new_decoder_state(m.config, m.weights.decoder, 6, m.ops)
+    for cache in state.caches:
+        cache.make_room(context + 8)
         n = min(context, cache.capacity)
         cache.k[:, :n] = cp.random.standard_normal(cache.k[:, :n].shape, dtype=cp.float32)
         cache.v[:, :n] = cp.random.standard_normal(cache.v[:, :n].shape, dtype=cp.float32)
         cache.length = cache.appended = context
     state.n_positions = context
-    x = cp.random.standard_normal((1, cfg.decoder.dim), dtype=cp.float32)
+    return state
+
+
+def decoder_ms(cp, m, context: int, streams: int = 1, steps: int = 20) -> float:
+    """ms per decoder pass of one row for each of `streams` sequences with `context`
+    positions already in their rings (the positions are taken back after each pass)."""
+    from voxnp.decoder import decode_rows
+
+    cfg = m.config
+    states = [decoder_state_at(cp, m, context) for _ in range(streams)]
+    x = cp.random.standard_normal((streams, cfg.decoder.dim), dtype=cp.float32)
 
     def step():
-        decode(x, state, m.weights.decoder, cfg, m.ops, m.decoder_inv_freq)
-        state.truncate(context)
+        decode_rows(x, states, [1] * streams, m.weights.decoder, cfg, m.ops, m.decoder_inv_freq)
+        for state in states:
+            state.truncate(context)
 
     step()                                           # compile, warm
     return 1000 * timed(cp, lambda: [step() for _ in range(steps)]) / steps
@@ -260,6 +279,9 @@ def main() -> None:
     def decoder():
         result["decoder_ms_per_step_ctx40"] = decoder_ms(cp, state["m"], 40)
         result["decoder_ms_per_step_ctx2000"] = decoder_ms(cp, state["m"], 2000)
+        result["decoder_ms_per_pass_8_streams_ctx40"] = decoder_ms(cp, state["m"], 40, streams=8)
+        result["decoder_8_streams_tokens_per_s_vs_1"] = (8 * result["decoder_ms_per_step_ctx40"]
+                                                         / result["decoder_ms_per_pass_8_streams_ctx40"])
         memory.sample()
 
     def encoder():

@@ -243,17 +243,57 @@ def test_twins_equal_the_ops_definitions():
 
 
 @pytest.mark.parametrize("appended, window", [(5, 16), (40, 16), (70, 13)])
-def test_attend_ring_twin_is_attention_in_cache(appended, window):
-    """Queries of the last T positions over a ring that has wrapped (capacity = window + spare)."""
+def test_append_and_attend_twin_is_the_ops_definition(appended, window):
+    """Two sequences in one pass (3 rows and 1 row) over rings that have wrapped."""
     from voxnp import ops
 
     rng = np.random.default_rng(appended)
-    T, H, Hkv, hd = 3, 8, 2, 32
-    cache = KVCache(window, Hkv, hd, spare=4)
-    for _ in range(appended - T):
-        cache.append(*rng.standard_normal((2, 1, Hkv, hd), dtype=np.float32))
-    cache.append(*rng.standard_normal((2, T, Hkv, hd), dtype=np.float32))
-    q = rng.standard_normal((T, H, hd), dtype=np.float32)
-    got = kernels_cupy.KernelTwins().attend_ring(q, cache.k, cache.v, cache.length - T,
-                                                 cache.length - cache.n_valid(), window)
-    np.testing.assert_allclose(got.reshape(T, H * hd), ops.attention_in_cache(q, cache, window), rtol=1e-5, atol=1e-6)
+    H, Hkv, hd = 8, 2, 32
+    caches = {name: [KVCache(window, Hkv, hd, spare=4) for _ in range(2)] for name in ("ops", "twin")}
+    for s, n in enumerate((appended, appended // 2 + 1)):
+        for _ in range(n):
+            k, v = rng.standard_normal((2, 1, Hkv, hd), dtype=np.float32)
+            caches["ops"][s].append(k, v)
+            caches["twin"][s].append(k, v)
+    rows = [slice(0, 3), slice(3, 4)]
+    q = rng.standard_normal((4, H, hd), dtype=np.float32)
+    k, v = rng.standard_normal((2, 4, Hkv, hd), dtype=np.float32)
+    want = ops.append_and_attend(q, k, v, caches["ops"], rows, window)
+    twin = caches["twin"]
+    firsts = [c.length for c in twin]
+    lowest = [max(0, f + r.stop - r.start - c.capacity) for c, r, f in zip(twin, rows, firsts)]
+    got = kernels_cupy.KernelTwins().append_and_attend(q, k, v, [(c.k, c.v) for c in twin], rows, firsts,
+                                                       lowest, window)
+    np.testing.assert_allclose(got.reshape(4, H * hd), want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(caches["ops"], twin):
+        np.testing.assert_array_equal(a.k, b.k)
+        np.testing.assert_array_equal(a.v, b.v)
+
+
+def test_device_rings_grow_until_full_then_wrap(fake_cupy):
+    """A device ring starts small and doubles before its first wrap; reads never change."""
+    from voxnp import kv_cache
+
+    rng = np.random.default_rng(1)
+    host, device = KVCache(600, 2, 32, spare=8), KVCache(600, 2, 32, spare=8, xp=fake_cupy)
+    assert device.capacity == kv_cache.DEVICE_START + 8 and host.capacity == 608
+    capacities = []
+    for n in (1, 300, 5, 400, 700):
+        k, v = rng.standard_normal((2, n, 2, 32), dtype=np.float32)
+        host.append(k, v)
+        device.append(k, v)
+        capacities.append(device.capacity)
+        for a, b in zip(host.ordered(), device.ordered()):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert capacities == [264, 528, 528, 608, 608]
+
+
+def test_left_padding_snapshot_is_reused_on_the_device(cupy_backend, tiny_model, speech):
+    """Streams started from the kept left-padding snapshot (positions as plain ints: a NumPy
+    scalar brought to the host became a shared 0-d array that every ring advanced)."""
+    model = dataclasses.replace(tiny_model, ops=cupy_backend, left_padding={})
+    for n in (16000, 32000, 24000):
+        assert [t.id for t in transcribe(model, speech[:n]).tokens] == \
+               [t.id for t in transcribe(tiny_model, speech[:n]).tokens]
+    (snap,) = model.left_padding.values()
+    assert all(type(c[2]) is int for c in snap["dec"]["caches"] + snap["enc"]["caches"])

@@ -320,6 +320,11 @@ def _attention_block(q, k, v, cache, window, cached=None):
     return out.reshape(T, H * hd)
 
 
+def append_and_attend(q, k, v, caches, rows, window: int) -> np.ndarray:
+    """Same contract as `ops.append_and_attend`, each sequence through `attention_in_cache`."""
+    return ops.append_and_attend(q, k, v, caches, rows, window, attend=attention_in_cache)
+
+
 # Ops with no faster version than the plain one.
 rms_norm = ops.rms_norm
 gelu = ops.gelu

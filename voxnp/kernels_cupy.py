@@ -210,26 +210,52 @@ extern "C" __global__ void rope(const float* __restrict__ x, float* __restrict__
     }
 }
 
-// Attention of T query rows over a circular KV buffer that already holds their keys.
-// q [T, H, hd] (hd a multiple of 32, <= 256), rings k, v [Hkv, capacity, hd]; row t is
-// at position first_pos + t and sees positions p, max(first_valid, pos - window + 1)
-// <= p <= pos, held in slot p % capacity. Block (h, t), 8 warps: each warp keeps an
-// online softmax over every 8th key (lane l holds dims l, l+32, ...), then the warps
-// merge. out [T, H, hd].
+// The decoder's attention for S sequences in one pass. Row t of q [R, H, hd] and of the new
+// k, v [R, Hkv, hd] belongs to sequence s, the last one whose first row <= t. Two int64
+// tables [S, 3] describe the sequences: rings (the addresses of its rings k, v [Hkv,
+// capacity, hd], the capacity) and where (its first row, that row's position, the first
+// position its ring still holds): the same `where` serves every layer of a pass.
+__device__ __forceinline__ int sequence_of(const long long* where, int S, int t)
+{
+    int s = 0;
+    while (s + 1 < S && where[(s + 1) * 3] <= t) ++s;
+    return s;
+}
+
+// Each new key and value goes to slot (position % capacity) of its sequence's ring.
+extern "C" __global__ void ring_append(const float* __restrict__ k, const float* __restrict__ v,
+                                       const long long* __restrict__ rings, const long long* __restrict__ where,
+                                       int S, int Hkv, int hd, long long n)
+{
+    GRID_STRIDE(i, n) {
+        const int d = (int)(i % hd), g = (int)(i / hd % Hkv), t = (int)(i / hd / Hkv);
+        const int s = sequence_of(where, S, t);
+        const long long position = where[3 * s + 1] + (t - where[3 * s]), capacity = rings[3 * s + 2];
+        const size_t slot = ((size_t)g * capacity + (size_t)(position % capacity)) * hd + d;
+        reinterpret_cast<float*>(rings[3 * s])[slot] = k[i];
+        reinterpret_cast<float*>(rings[3 * s + 1])[slot] = v[i];
+    }
+}
+
+// Row t (at position pos) sees positions max(first_valid, pos - window + 1) .. pos of its
+// ring. Block (h, t), 8 warps: each warp keeps an online softmax over every 8th key (lane
+// l holds dims l, l+32, ...; hd a multiple of 32 up to 256), then the warps merge.
 #define ATT_WARPS 8
-#define NEG_INF __int_as_float(0xff800000)
 #define ATT_MAX_PER_LANE 8
-extern "C" __global__ void attend_ring(const float* __restrict__ q, const float* __restrict__ ring_k,
-                                       const float* __restrict__ ring_v, float* __restrict__ out,
-                                       int H, int Hkv, int hd, int capacity, long long first_pos,
-                                       long long first_valid, int window, float scale)
+#define NEG_INF __int_as_float(0xff800000)
+extern "C" __global__ void attend_rings(const float* __restrict__ q, const long long* __restrict__ rings,
+                                        const long long* __restrict__ where, float* __restrict__ out,
+                                        int S, int H, int Hkv, int hd, int window, float scale)
 {
     __shared__ float m_w[ATT_WARPS], l_w[ATT_WARPS];
     __shared__ float acc_w[ATT_WARPS][32 * ATT_MAX_PER_LANE];
     const int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int per_lane = hd >> 5, g = h / (H / Hkv);
-    const long long pos = first_pos + t;
-    const long long lo = max(first_valid, pos - window + 1);
+    const int s = sequence_of(where, S, t);
+    const float* ring_k = reinterpret_cast<const float*>(rings[3 * s]);
+    const float* ring_v = reinterpret_cast<const float*>(rings[3 * s + 1]);
+    const long long capacity = rings[3 * s + 2], pos = where[3 * s + 1] + (t - where[3 * s]);
+    const long long lo = max(where[3 * s + 2], pos - window + 1);
     const float* qr = q + ((size_t)t * H + h) * hd;
     float qv[ATT_MAX_PER_LANE], acc[ATT_MAX_PER_LANE];
 #pragma unroll
@@ -237,7 +263,7 @@ extern "C" __global__ void attend_ring(const float* __restrict__ q, const float*
         qv[i] = i < per_lane ? qr[lane + 32 * i] * scale : 0.0f;
         acc[i] = 0.0f;
     }
-    float m = NEG_INF, l = 0.0f;
+    float mx = NEG_INF, l = 0.0f;
     for (long long p = lo + warp; p <= pos; p += ATT_WARPS) {
         const size_t base = ((size_t)g * capacity + (size_t)(p % capacity)) * hd;
         float s = 0.0f;
@@ -245,15 +271,15 @@ extern "C" __global__ void attend_ring(const float* __restrict__ q, const float*
         for (int i = 0; i < ATT_MAX_PER_LANE; ++i)
             if (i < per_lane) s = fmaf(qv[i], ring_k[base + lane + 32 * i], s);
         s = warp_sum(s);
-        const float m_new = fmaxf(m, s);
-        const float keep = expf(m - m_new), weight = expf(s - m_new);
+        const float m_new = fmaxf(mx, s);
+        const float keep = expf(mx - m_new), weight = expf(s - m_new);
         l = l * keep + weight;
 #pragma unroll
         for (int i = 0; i < ATT_MAX_PER_LANE; ++i)
             if (i < per_lane) acc[i] = fmaf(weight, ring_v[base + lane + 32 * i], acc[i] * keep);
-        m = m_new;
+        mx = m_new;
     }
-    if (lane == 0) { m_w[warp] = m; l_w[warp] = l; }
+    if (lane == 0) { m_w[warp] = mx; l_w[warp] = l; }
 #pragma unroll
     for (int i = 0; i < ATT_MAX_PER_LANE; ++i)
         if (i < per_lane) acc_w[warp][lane + 32 * i] = acc[i];
@@ -271,12 +297,13 @@ extern "C" __global__ void attend_ring(const float* __restrict__ q, const float*
     }
 }
 """
-KERNEL_NAMES = ("bf16_rows", "widen", "gelu", "swiglu", "rms_norm", "rope", "attend_ring")
+KERNEL_NAMES = ("bf16_rows", "widen", "gelu", "swiglu", "rms_norm", "rope", "ring_append", "attend_rings")
 _BF16_ROWS_PER_WARP = 2
 _WARPS_PER_BLOCK = 4
 _ELEMENTWISE_THREADS = 256
 _ATTENTION_THREADS = 256      # ATT_WARPS warps
 _ATTENTION_MAX_HEAD_DIM = 256  # 32 lanes x ATT_MAX_PER_LANE
+_TABLES_KEPT = 4096            # sequence tables kept on the device (a few bytes each)
 
 
 class CudaKernels:
@@ -287,6 +314,7 @@ class CudaKernels:
         try:
             module = cp.RawModule(code=CUDA_SOURCE)
             self._f = {name: module.get_function(name) for name in KERNEL_NAMES}
+            self._tables = {}
         except Exception as e:   # cupy.cuda.compiler.CompileException, a driver without NVRTC, ...
             raise VoxnpError(f"the cupy backend's CUDA kernels ({', '.join(KERNEL_NAMES)}) failed to "
                              f"compile: {_first_line(e)}") from None
@@ -352,21 +380,38 @@ class CudaKernels:
         self._elementwise("rope", T * H * (hd // 2), x, y, pos, inv_freq, np.int32(H), np.int32(hd // 2))
         return y
 
-    def attend_ring(self, q, ring_k, ring_v, first_pos: int, first_valid: int, window: int):
-        """q [T, H, hd] at positions first_pos.. over the rings [Hkv, capacity, hd] -> [T, H, hd]."""
+    def append_and_attend(self, q, k, v, rings, rows, first_positions, first_valid, window: int):
+        """Sequence s's rows (rows[s]) of k, v [R, Hkv, hd] go into its rings (ring_k, ring_v
+        [Hkv, capacity, hd]) from position first_positions[s] on, then every row of q
+        [R, H, hd] attends over its ring, positions first_valid[s] on. -> [R, H, hd]"""
         cp = self.cp
-        T, H, hd = q.shape
-        Hkv, capacity, _ = ring_k.shape
+        R, H, hd = q.shape
+        Hkv = k.shape[1]
         if hd % 32 or hd > _ATTENTION_MAX_HEAD_DIM:
-            raise ValueError(f"attend_ring needs a head size that is a multiple of 32 up to "
+            raise ValueError(f"the ring attention kernel needs a head size that is a multiple of 32 up to "
                              f"{_ATTENTION_MAX_HEAD_DIM}, got {hd}")
+        table = self._table(tuple((rk.data.ptr, rv.data.ptr, rk.shape[1]) for rk, rv in rings))
+        where = self._table(tuple((r.start, p, f) for r, p, f in zip(rows, first_positions, first_valid)))
+        S = np.int32(len(rows))
+        k, v = cp.ascontiguousarray(k, dtype=np.float32), cp.ascontiguousarray(v, dtype=np.float32)
+        self._elementwise("ring_append", k.size, k, v, table, where, S, np.int32(Hkv), np.int32(hd))
         q = cp.ascontiguousarray(q, dtype=np.float32)
         out = cp.empty_like(q)
-        self._f["attend_ring"]((H, T), (_ATTENTION_THREADS,),
-                               (q, ring_k, ring_v, out, np.int32(H), np.int32(Hkv), np.int32(hd),
-                                np.int32(capacity), np.int64(first_pos), np.int64(first_valid),
-                                np.int32(window), np.float32(1.0 / np.sqrt(hd))))
+        self._f["attend_rings"]((H, R), (_ATTENTION_THREADS,),
+                                (q, table, where, out, S, np.int32(H), np.int32(Hkv), np.int32(hd),
+                                 np.int32(window), np.float32(1.0 / np.sqrt(hd))))
         return out
+
+    def _table(self, values: tuple):
+        """A small int64 table on the device, uploaded once per distinct content: the
+        rings of a layer change only when they grow, and one `where` serves all layers of
+        a pass, so a pass uploads one table, not one per layer (each upload waits for the GPU)."""
+        table = self._tables.get(values)
+        if table is None:
+            if len(self._tables) >= _TABLES_KEPT:
+                self._tables.clear()
+            table = self._tables[values] = self.cp.asarray(np.array(values, dtype=np.int64))
+        return table
 
 
 class KernelTwins:
@@ -397,19 +442,22 @@ class KernelTwins:
     def rope(self, x, positions, inv_freq):
         return ops.rope(x, np.asarray(positions), np.asarray(inv_freq))
 
-    def attend_ring(self, q, ring_k, ring_v, first_pos: int, first_valid: int, window: int):
-        T, H, hd = q.shape
-        Hkv, capacity, _ = ring_k.shape
-        out = np.empty((T, H, hd), np.float32)
-        for t in range(T):
-            pos = first_pos + t
-            seen = np.arange(max(first_valid, pos - window + 1), pos + 1)       # visible positions
-            k, v = ring_k[:, seen % capacity], ring_v[:, seen % capacity]       # [Hkv, n, hd]
-            for h in range(H):
-                g = h // (H // Hkv)
-                scores = k[g] @ q[t, h] / np.float32(np.sqrt(hd))               # [n]
-                p = np.exp(scores - scores.max())
-                out[t, h] = (p / p.sum()) @ v[g]
+    def append_and_attend(self, q, k, v, rings, rows, first_positions, first_valid, window: int):
+        R, H, hd = q.shape
+        Hkv = k.shape[1]
+        out = np.empty((R, H, hd), np.float32)
+        for (ring_k, ring_v), r, first, lowest in zip(rings, rows, first_positions, first_valid):
+            capacity = ring_k.shape[1]
+            slots = (first + np.arange(r.stop - r.start)) % capacity
+            ring_k[:, slots], ring_v[:, slots] = k[r].transpose(1, 0, 2), v[r].transpose(1, 0, 2)
+            for t in range(r.start, r.stop):
+                pos = first + t - r.start
+                seen = np.arange(max(lowest, pos - window + 1), pos + 1) % capacity   # visible slots
+                for h in range(H):
+                    g = h // (H // Hkv)
+                    scores = ring_k[g, seen] @ q[t, h] / np.float32(np.sqrt(hd))     # [n]
+                    p = np.exp(scores - scores.max())
+                    out[t, h] = (p / p.sum()) @ ring_v[g, seen]
         return out
 
 
@@ -610,14 +658,25 @@ class CupyBackend:
             out[c0:c1] = self._attend(q[c0:c1], parts, L + c0, window)
         return out.reshape(T, H * hd)
 
-    def attention_in_cache(self, q, cache, window: int):
-        """Same contract as `ops.attention_in_cache` (the decoder: the T rows are appended)."""
-        T, H, hd = q.shape
-        L = cache.length
-        if T > cache.spare + 1 and L > cache.capacity:
-            raise ValueError(f"{T} positions appended at once to a ring with {cache.spare} spare slots")
-        out = self.kernels.attend_ring(q, cache.k, cache.v, L - T, L - cache.n_valid(), window)  # [T, H, hd]
-        return out.reshape(T, H * hd)
+    def append_and_attend(self, q, k, v, caches, rows, window: int):
+        """Same contract as `ops.append_and_attend`: every sequence in one append and one
+        attention kernel (a pass costs the same few launches for 1 or 8 streams)."""
+        R, H, hd = q.shape
+        firsts = []
+        for cache, r in zip(caches, rows):
+            T = int(r.stop - r.start)
+            if T > cache.spare + 1 and cache.length + T > cache.full_capacity:
+                raise ValueError(f"{T} positions appended at once to a ring with {cache.spare} spare slots")
+            cache.make_room(cache.length + T)
+            firsts.append(cache.length)
+        rings = [(cache.k, cache.v) for cache in caches]
+        lowest = [max(0, first + r.stop - r.start - cache.capacity)
+                  for cache, r, first in zip(caches, rows, firsts)]                  # oldest position held after
+        out = self.kernels.append_and_attend(q, k, v, rings, rows, firsts, lowest, window)
+        for cache, r in zip(caches, rows):
+            cache.length += int(r.stop - r.start)
+            cache.appended = cache.length
+        return out.reshape(R, H * hd)
 
     def _attend(self, q, parts, first_pos: int, window: int):
         """Queries at first_pos.. [C, H, hd] over key runs [(k, v [Hkv, n, hd], first position)]

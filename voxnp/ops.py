@@ -105,6 +105,22 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache, window: int) -
     return out.reshape(T, H * hd)
 
 
+def append_and_attend(q, k, v, caches, rows: list[slice], window: int, attend=None):
+    """The decoder's attention for several sequences in one pass.
+
+    rows[s] are sequence s's new positions in q [R, H, hd] and k, v [R, Hkv, hd]: their
+    keys and values are appended to its ring caches[s], then each of its rows attends
+    over that ring (`attention_in_cache`, or the backend's `attend`). -> [R, H * hd]
+    """
+    attend = attend or attention_in_cache
+    R, H, hd = q.shape
+    out = np.empty((R, H * hd), np.float32)
+    for cache, r in zip(caches, rows):
+        cache.append(k[r], v[r])
+        out[r] = attend(q[r], cache, window)
+    return out
+
+
 def attention_in_cache(q: np.ndarray, cache, window: int) -> np.ndarray:
     """Causal sliding-window GQA attention of the last T positions already in the cache.
 
