@@ -237,72 +237,105 @@ extern "C" __global__ void ring_append(const float* __restrict__ k, const float*
     }
 }
 
-// Row t (at position pos) sees positions max(first_valid, pos - window + 1) .. pos of its
-// ring. Block (h, t), 8 warps: each warp keeps an online softmax over every 8th key (lane
-// l holds dims l, l+32, ...; hd a multiple of 32 up to 256), then the warps merge.
+// Row t (at position pos) sees positions lo = max(first_valid, pos - window + 1) .. pos of
+// its ring. Grid (H, R, splits): block z takes the keys lo + z*ATT_CHUNK onwards (at most
+// ATT_CHUNK of them); each of its 8 warps keeps an online softmax over every 8th key (lane
+// l holds dims l, l+32, ...; any hd up to 256), then the warps merge. With one split the
+// block writes the output; with more it writes its part (weighted values, their max score,
+// their sum of weights) to partial [R, H, splits, hd + 2], and merge_parts combines them.
 #define ATT_WARPS 8
 #define ATT_MAX_PER_LANE 8
+#define ATT_CHUNK 256
 #define NEG_INF __int_as_float(0xff800000)
 extern "C" __global__ void attend_rings(const float* __restrict__ q, const long long* __restrict__ rings,
                                         const long long* __restrict__ where, float* __restrict__ out,
-                                        int S, int H, int Hkv, int hd, int window, float scale)
+                                        float* __restrict__ partial, int S, int H, int Hkv, int hd,
+                                        int window, float scale)
 {
     __shared__ float m_w[ATT_WARPS], l_w[ATT_WARPS];
     __shared__ float acc_w[ATT_WARPS][32 * ATT_MAX_PER_LANE];
     const int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int per_lane = hd >> 5, g = h / (H / Hkv);
+    const int g = h / (H / Hkv);
     const int s = sequence_of(where, S, t);
     const float* ring_k = reinterpret_cast<const float*>(rings[3 * s]);
     const float* ring_v = reinterpret_cast<const float*>(rings[3 * s + 1]);
     const long long capacity = rings[3 * s + 2], pos = where[3 * s + 1] + (t - where[3 * s]);
-    const long long lo = max(where[3 * s + 2], pos - window + 1);
+    const long long lo = max(where[3 * s + 2], pos - window + 1) + (long long)blockIdx.z * ATT_CHUNK;
+    const long long hi = min(pos, lo + ATT_CHUNK - 1);
     const float* qr = q + ((size_t)t * H + h) * hd;
     float qv[ATT_MAX_PER_LANE], acc[ATT_MAX_PER_LANE];
 #pragma unroll
     for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
-        qv[i] = i < per_lane ? qr[lane + 32 * i] * scale : 0.0f;
+        qv[i] = lane + 32 * i < hd ? qr[lane + 32 * i] * scale : 0.0f;
         acc[i] = 0.0f;
     }
     float mx = NEG_INF, l = 0.0f;
-    for (long long p = lo + warp; p <= pos; p += ATT_WARPS) {
+    for (long long p = lo + warp; p <= hi; p += ATT_WARPS) {
         const size_t base = ((size_t)g * capacity + (size_t)(p % capacity)) * hd;
-        float s = 0.0f;
+        float sc = 0.0f;
 #pragma unroll
         for (int i = 0; i < ATT_MAX_PER_LANE; ++i)
-            if (i < per_lane) s = fmaf(qv[i], ring_k[base + lane + 32 * i], s);
-        s = warp_sum(s);
-        const float m_new = fmaxf(mx, s);
-        const float keep = expf(mx - m_new), weight = expf(s - m_new);
+            if (lane + 32 * i < hd) sc = fmaf(qv[i], ring_k[base + lane + 32 * i], sc);
+        sc = warp_sum(sc);
+        const float m_new = fmaxf(mx, sc);
+        const float keep = expf(mx - m_new), weight = expf(sc - m_new);
         l = l * keep + weight;
 #pragma unroll
         for (int i = 0; i < ATT_MAX_PER_LANE; ++i)
-            if (i < per_lane) acc[i] = fmaf(weight, ring_v[base + lane + 32 * i], acc[i] * keep);
+            if (lane + 32 * i < hd) acc[i] = fmaf(weight, ring_v[base + lane + 32 * i], acc[i] * keep);
         mx = m_new;
     }
     if (lane == 0) { m_w[warp] = mx; l_w[warp] = l; }
 #pragma unroll
     for (int i = 0; i < ATT_MAX_PER_LANE; ++i)
-        if (i < per_lane) acc_w[warp][lane + 32 * i] = acc[i];
+        if (lane + 32 * i < hd) acc_w[warp][lane + 32 * i] = acc[i];
     __syncthreads();
     float top = NEG_INF;
     for (int w = 0; w < ATT_WARPS; ++w) top = fmaxf(top, m_w[w]);
     float total = 0.0f;
     for (int w = 0; w < ATT_WARPS; ++w) total += l_w[w] > 0.0f ? l_w[w] * expf(m_w[w] - top) : 0.0f;
-    float* o = out + ((size_t)t * H + h) * hd;
+    const size_t row_head = (size_t)t * H + h;
+    float* part = partial + (row_head * gridDim.z + blockIdx.z) * (hd + 2);
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float sum = 0.0f;
         for (int w = 0; w < ATT_WARPS; ++w)
             if (l_w[w] > 0.0f) sum = fmaf(acc_w[w][d], expf(m_w[w] - top), sum);
-        o[d] = sum / total;
+        if (gridDim.z == 1) out[row_head * hd + d] = sum / total;
+        else part[d] = sum;
+    }
+    if (gridDim.z > 1 && threadIdx.x == 0) { part[hd] = top; part[hd + 1] = total; }
+}
+
+// out [R, H, hd] from the splits' parts of attend_rings: block (h, t).
+extern "C" __global__ void merge_parts(const float* __restrict__ partial, float* __restrict__ out,
+                                       int H, int hd, int splits)
+{
+    const size_t row_head = (size_t)blockIdx.y * H + blockIdx.x;
+    const float* parts = partial + row_head * splits * (hd + 2);
+    float top = NEG_INF, total = 0.0f;
+    for (int z = 0; z < splits; ++z)
+        if (parts[z * (hd + 2) + hd + 1] > 0.0f) top = fmaxf(top, parts[z * (hd + 2) + hd]);
+    for (int z = 0; z < splits; ++z) {
+        const float* p = parts + z * (hd + 2);
+        if (p[hd + 1] > 0.0f) total = fmaf(p[hd + 1], expf(p[hd] - top), total);
+    }
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float sum = 0.0f;
+        for (int z = 0; z < splits; ++z) {
+            const float* p = parts + z * (hd + 2);
+            if (p[hd + 1] > 0.0f) sum = fmaf(p[d], expf(p[hd] - top), sum);
+        }
+        out[row_head * hd + d] = sum / total;
     }
 }
 """
-KERNEL_NAMES = ("bf16_rows", "widen", "gelu", "swiglu", "rms_norm", "rope", "ring_append", "attend_rings")
+KERNEL_NAMES = ("bf16_rows", "widen", "gelu", "swiglu", "rms_norm", "rope", "ring_append", "attend_rings", "merge_parts")
 _BF16_ROWS_PER_WARP = 2
 _WARPS_PER_BLOCK = 4
 _ELEMENTWISE_THREADS = 256
 _ATTENTION_THREADS = 256      # ATT_WARPS warps
 _ATTENTION_MAX_HEAD_DIM = 256  # 32 lanes x ATT_MAX_PER_LANE
+_ATTENTION_CHUNK = 256         # ATT_CHUNK: keys per block of attend_rings
 _TABLES_KEPT = 4096            # sequence tables kept on the device (a few bytes each)
 
 
@@ -387,19 +420,24 @@ class CudaKernels:
         cp = self.cp
         R, H, hd = q.shape
         Hkv = k.shape[1]
-        if hd % 32 or hd > _ATTENTION_MAX_HEAD_DIM:
-            raise ValueError(f"the ring attention kernel needs a head size that is a multiple of 32 up to "
-                             f"{_ATTENTION_MAX_HEAD_DIM}, got {hd}")
+        if hd > _ATTENTION_MAX_HEAD_DIM:
+            raise ValueError(f"the ring attention kernel takes heads of up to {_ATTENTION_MAX_HEAD_DIM}, got {hd}")
         table = self._table(tuple((rk.data.ptr, rv.data.ptr, rk.shape[1]) for rk, rv in rings))
         where = self._table(tuple((r.start, p, f) for r, p, f in zip(rows, first_positions, first_valid)))
         S = np.int32(len(rows))
         k, v = cp.ascontiguousarray(k, dtype=np.float32), cp.ascontiguousarray(v, dtype=np.float32)
         self._elementwise("ring_append", k.size, k, v, table, where, S, np.int32(Hkv), np.int32(hd))
+        # the most keys a row sees sets the splits (blocks per row and head)
+        seen = max(min(window, p + (r.stop - r.start) - f) for r, p, f in zip(rows, first_positions, first_valid))
+        splits = -(-seen // _ATTENTION_CHUNK)
         q = cp.ascontiguousarray(q, dtype=np.float32)
         out = cp.empty_like(q)
-        self._f["attend_rings"]((H, R), (_ATTENTION_THREADS,),
-                                (q, table, where, out, S, np.int32(H), np.int32(Hkv), np.int32(hd),
+        partial = cp.empty((R, H, splits, hd + 2) if splits > 1 else 1, np.float32)
+        self._f["attend_rings"]((H, R, splits), (_ATTENTION_THREADS,),
+                                (q, table, where, out, partial, S, np.int32(H), np.int32(Hkv), np.int32(hd),
                                  np.int32(window), np.float32(1.0 / np.sqrt(hd))))
+        if splits > 1:
+            self._f["merge_parts"]((H, R), (128,), (partial, out, np.int32(H), np.int32(hd), np.int32(splits)))
         return out
 
     def _table(self, values: tuple):
