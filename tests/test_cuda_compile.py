@@ -70,3 +70,32 @@ def test_compile_errors_are_reported():
     result, log, _ = compile_to_ptx(lib, 'extern "C" __global__ void k(float* y) { int unused = 1; y[0] = 0; }',
                                     "warns.cu", ["--gpu-architecture=compute_90"])
     assert result == 0 and "warning" in log.lower()
+
+
+def test_a_compile_error_is_one_line_naming_the_kernel():
+    lines = kernels_cupy.CUDA_SOURCE.splitlines()
+    at = next(i for i, line in enumerate(lines, 1) if "__global__ void rope(" in line) + 3
+    log = f"/tmp/x/voxnp_kernels.cu({at}): error: identifier \"cosx\" is undefined\n\n1 error detected"
+    message = kernels_cupy.compile_error_line(log)
+    assert "\n" not in message and "kernel rope" in message and 'identifier "cosx" is undefined' in message
+    assert "could not be built: nvrtc: library not found" in \
+        kernels_cupy.compile_error_line("nvrtc: library not found\nmore")
+
+
+def test_cli_reports_a_failed_compile_in_one_line(monkeypatch, capsys, tiny_dir):
+    import sys
+
+    from conftest import shared_audio
+    from test_backend_cupy import stand_in_cupy
+
+    from voxnp.cli import main
+
+    fake = stand_in_cupy()
+
+    def broken(code):
+        raise RuntimeError("/tmp/k/voxnp_kernels.cu(30): error: expected a \";\"")
+    fake.RawModule = broken
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    rc = main([str(shared_audio("jfk.wav")), "--model", str(tiny_dir), "--backend", "cupy"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "kernel bf16_rows failed to compile (line 30)" in err[0], err

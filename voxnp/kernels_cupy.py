@@ -25,6 +25,8 @@ a GPU.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from . import ops
@@ -339,6 +341,21 @@ _ATTENTION_CHUNK = 256         # ATT_CHUNK: keys per block of attend_rings
 _TABLES_KEPT = 4096            # sequence tables kept on the device (a few bytes each)
 
 
+def compile_error_line(log: str) -> str:
+    """One line for a failed compile: the kernel holding the first error and the error.
+    NVRTC logs errors as `NAME.cu(LINE): error: TEXT`."""
+    found = re.search(r"\((\d+)\): (?:catastrophic )?error:\s*(.*)", log)
+    if not found:
+        return f"the cupy backend's CUDA kernels could not be built: {_first_line(Exception(log))}"
+    line, text = int(found.group(1)), found.group(2).strip()
+    kernel = "voxnp's CUDA module"
+    for source_line in CUDA_SOURCE.splitlines()[:line]:
+        declared = re.search(r"__global__ void (\w+)\(", source_line)
+        if declared:
+            kernel = f"kernel {declared.group(1)}"
+    return f"the cupy backend's {kernel} failed to compile (line {line}): {text}"
+
+
 class CudaKernels:
     """The backend's custom kernels: `CUDA_SOURCE` compiled once (NVRTC, cached by CuPy)."""
 
@@ -349,8 +366,7 @@ class CudaKernels:
             self._f = {name: module.get_function(name) for name in KERNEL_NAMES}
             self._tables = {}
         except Exception as e:   # cupy.cuda.compiler.CompileException, a driver without NVRTC, ...
-            raise VoxnpError(f"the cupy backend's CUDA kernels ({', '.join(KERNEL_NAMES)}) failed to "
-                             f"compile: {_first_line(e)}") from None
+            raise VoxnpError(compile_error_line(str(e))) from None
 
     def _elementwise(self, name, n, *args):
         blocks = max(1, min(-(-n // _ELEMENTWISE_THREADS), 65536))
