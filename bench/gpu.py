@@ -170,6 +170,41 @@ def full_checkpoint(path: str | None) -> Path:
     return d
 
 
+def copy_bandwidth(cp, nbytes: int = 2 << 30) -> float:
+    """Device memory bandwidth (bytes read + written per second) of a plain copy."""
+    a = cp.empty(nbytes // 4, cp.float32)
+    b = cp.empty_like(a)
+    b[...] = a
+    seconds = min(timed(cp, lambda: b.__setitem__(Ellipsis, a)) for _ in range(5))
+    return 2 * nbytes / seconds
+
+
+def decoder_bytes(m) -> int:
+    """Bytes of weights one decoder step reads (every layer and the tied head)."""
+    return sum(a.nbytes for a in _arrays(m.weights.decoder))
+
+
+def _arrays(node):
+    if isinstance(node, np.ndarray):
+        yield node
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            yield from _arrays(item)
+    elif hasattr(node, "__dataclass_fields__"):
+        for name in node.__dataclass_fields__:
+            yield from _arrays(getattr(node, name))
+
+
+def host_cpu() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} threads)"
+    except OSError:
+        pass
+    return "unknown"
+
+
 def decoder_state_at(cp, m, context: int):
     """A decoder state whose rings hold `context` (random) positions."""
     from voxnp.decoder import new_decoder_state
@@ -244,7 +279,8 @@ def main() -> None:
     cp = import_cupy()
     props = cp.cuda.runtime.getDeviceProperties(0)
     result = {"device": props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])}
-    print(f"device: {result['device']}", flush=True)
+    result["host_cpu"] = host_cpu()
+    print(f"device: {result['device']}, host: {result['host_cpu']}", flush=True)
     t0 = time.perf_counter()
     short = read_wav(SHORT)
     state = {}
@@ -280,6 +316,9 @@ def main() -> None:
         result["load_s"] = time.perf_counter() - t
 
     def decoder():
+        bandwidth = copy_bandwidth(cp)
+        result["copy_bandwidth_tb_s"] = bandwidth / 1e12
+        result["decoder_step_floor_ms"] = 1000 * decoder_bytes(state["m"]) / bandwidth     # weights read once
         result["decoder_ms_per_step_ctx40"] = decoder_ms(cp, state["m"], 40)
         result["decoder_ms_per_step_ctx2000"] = decoder_ms(cp, state["m"], 2000)
         result["decoder_ms_per_pass_8_streams_ctx40"] = decoder_ms(cp, state["m"], 40, streams=8)
@@ -311,7 +350,7 @@ def main() -> None:
 
     def batched():
         m = state["m"]
-        clip = short[:32000]
+        clip = short                                                      # 5 s: decoding, not setup
         alone = timed(cp, lambda: [transcribe(m, clip) for _ in range(4)]) / 4
         together = timed(cp, lambda: list(transcribe_many(m, [clip] * 16, batch=8)))
         result["batch16_s"] = together
