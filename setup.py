@@ -26,7 +26,11 @@ setup(
     ext_modules=cythonize(
         [Extension("voxnp._kernels", ["voxnp/_kernels.pyx"], extra_compile_args=FLAGS,
                    include_dirs=["voxnp"], depends=["voxnp/_bf16.h", "voxnp/_quant.h"],
-                   extra_link_args=["-fopenmp"])],
+                   extra_link_args=["-fopenmp"]),
+         # the encoder's int8 product: exact float epilogue, so no -fassociative-math;
+         # each kernel set has its own target attributes (no -march needed)
+         Extension("voxnp._igemm", ["voxnp/_igemm.pyx"], include_dirs=["voxnp"], depends=["voxnp/_igemm.h"],
+                   extra_compile_args=["-O3", "-fno-math-errno", "-fopenmp"], extra_link_args=["-fopenmp"])],
         compiler_directives={"language_level": "3"},
     ),
     install_requires=["numpy>=1.24", "scipy>=1.10", "numba>=0.59", "safetensors>=0.4",

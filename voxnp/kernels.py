@@ -4,12 +4,15 @@
   go through the BF16 product of `_kernels.pyx` (Cython, ahead of time), which widens
   the weights in registers while streaming them from the mmap, once for all rows.
   Many rows (the encoder) widen whole matrices into a reused float32 scratch buffer
-  and hand them to BLAS (~90-95% of the machine's sgemm rate at 500 rows).
+  and hand them to BLAS (~90-95% of the machine's sgemm rate at 500 rows). Quantized
+  matrices go to their format's kernels (quant.fast_linear): the encoder's int8 GEMM
+  in the int8 and q4 formats.
 - `rope`: interleaved rotation in one pass.
 - `attention_in_cache` (the decoder): each query reads the circular KV buffer in place
   (Numba, one task per query and KV head), so rows are independent and exact.
-- `attention` (the encoder, a block of positions): chunks of queries, each scored by
-  BLAS against the keys of its window gathered contiguously, masked softmax, BLAS.
+- `attention` (the encoder, a block of positions; the decoder's prompt): fused per
+  (head, tile of 128 queries): BLAS scores against the keys of the tile's window,
+  masked softmax in place, BLAS again, the scores staying in the core's cache.
 Numba compiles each kernel once and caches it on disk (`cache=True`).
 """
 from __future__ import annotations
@@ -62,7 +65,7 @@ def _widen_rows_py(w, r0, r1, out):
 
 # One loop, compiled twice. Matrices widened for BLAS right before the BLAS call are
 # widened on one thread (two thread pools fighting over the cores cost more than the
-# loop); a tensor widened once for keeps (`widen`) uses every core.
+# loop); a tensor widened on its own (`widen`: biases, dumps) uses every core.
 _widen_rows = njit(cache=True, nogil=True)(_widen_rows_py)
 _widen_rows_parallel = njit(parallel=True, cache=True, nogil=True)(_widen_rows_py)
 
@@ -88,11 +91,6 @@ def widen_into(w: np.ndarray, out: np.ndarray) -> np.ndarray:
 def widen(w: np.ndarray) -> np.ndarray:
     """A float32 copy of a BF16 tensor (any shape)."""
     return widen_into(w.reshape(1, -1) if w.ndim == 1 else w, np.empty(w.size, np.float32)).reshape(w.shape)
-
-
-def keep_float32(weights) -> None:
-    """No float32 copies on the CPU: widening whole matrices block by block for BLAS
-    measured within ~5% of a kept copy, which would cost 2.6 GB for the encoder."""
 
 
 def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
@@ -218,10 +216,7 @@ def attention_in_cache(q: np.ndarray, cache, window: int) -> np.ndarray:
     slots = np.arange(cache.length - T, cache.length) % cache.capacity
     k = cache.k[:, slots].transpose(1, 0, 2)                                   # [T, Hkv, hd]
     v = cache.v[:, slots].transpose(1, 0, 2)
-    # BLAS on one thread: its threads spin after each call and starve the OpenMP
-    # threads of the next layer's few-row products (measured: a 32-position prompt 4x slower)
-    with threadpool_limits(1, user_api="blas"):
-        return _attention_block(q, k, v, cache, window, cached=cache.length - T)
+    return _attention_block(q, k, v, cache, window, cached=cache.length - T)
 
 
 # e^x = 2^k e^f with x = k ln2 + f, |f| <= ln2 / 2: Cephes' single-precision polynomial
@@ -251,72 +246,72 @@ def _exp_in_place(x, shift):
         bits[j] += powers[j] << 23                             # times 2^k
 
 
-@njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _masked_softmax(scores, key_pos, first_pos, window):
-    """Softmax of each row over the keys its query may see, in place; hidden keys get 0.
-
-    scores [R, T, N]; key j is at position key_pos[j], ascending; query t at
-    first_pos + t sees keys with pos - window < key_pos[j] <= pos, a run [lo, hi).
-    One pass per row: max, exponentials, sum, scale.
-    """
-    R, T, N = scores.shape
-    for rt in prange(R * T):
-        r, t = rt // T, rt % T
-        pos = first_pos + t
-        lo = np.searchsorted(key_pos, pos - window, side="right")
-        hi = np.searchsorted(key_pos, pos, side="right")
-        row = scores[r, t]
-        seen = row[lo:hi]
-        best = np.float32(-np.inf)
-        for j in range(seen.shape[0]):
-            best = max(best, seen[j])
-        _exp_in_place(seen, best)
-        total = np.float32(0.0)
-        for j in range(seen.shape[0]):
-            total += seen[j]
-        seen *= np.float32(1.0) / total
-        row[:lo] = 0.0
-        row[hi:] = 0.0
-
-
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache, window: int) -> np.ndarray:
     """Same contract as `ops.attention`: q [T, H, hd], k, v [T, Hkv, hd] -> [T, H*hd]."""
     return _attention_block(q, k, v, cache, window)
 
 
-QUERY_CHUNK = 128  # queries per BLAS pass: each chunk scores only the keys it can see
+QUERY_CHUNK = 128  # queries per tile: each tile scores only the keys its window can see
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _window_attention(q, keys, values, key_pos, first_pos, window, chunk, out):
+    """Fused sliding-window attention, one task per (query head, tile of queries).
+
+    q [H, T, hd] (already scaled by 1/sqrt(hd)); keys, values [Hkv, S, hd] ordered by
+    position key_pos [S] (ascending); the query t is at first_pos + t and sees the keys
+    with pos - window < key_pos <= pos. A task scores its tile against the run of keys
+    any of its queries sees (one BLAS product), masks and softmaxes the rows in place
+    and weights the values (a second product): the scores never leave the core's cache
+    (C x S floats, ~0.5 MB for the encoder). out [T, H, hd].
+    """
+    H, T, hd = q.shape
+    group = H // keys.shape[0]
+    n_tiles = (T + chunk - 1) // chunk
+    for task in prange(H * n_tiles):
+        h, c0 = task // n_tiles, (task % n_tiles) * chunk
+        c1 = min(T, c0 + chunk)
+        lo = np.searchsorted(key_pos, first_pos + c0 - window, side="right")
+        hi = np.searchsorted(key_pos, first_pos + c1 - 1, side="right")
+        g = h // group
+        kt = np.ascontiguousarray(keys[g, lo:hi]).T                          # [hd, n] (BLAS-typed)
+        scores = np.dot(np.ascontiguousarray(q[h, c0:c1]), kt)               # [C, n]
+        for t in range(c1 - c0):
+            pos = first_pos + c0 + t
+            a = np.searchsorted(key_pos[lo:hi], pos - window, side="right")
+            b = np.searchsorted(key_pos[lo:hi], pos, side="right")
+            row = scores[t]
+            seen = row[a:b]
+            best = np.float32(-np.inf)
+            for j in range(seen.shape[0]):
+                best = max(best, seen[j])
+            _exp_in_place(seen, best)
+            total = np.float32(0.0)
+            for j in range(seen.shape[0]):
+                total += seen[j]
+            seen *= np.float32(1.0) / total
+            row[:a] = 0.0
+            row[b:] = 0.0
+        out[c0:c1, h] = np.dot(scores, np.ascontiguousarray(values[g, lo:hi]))  # [C, hd]
 
 
 def _attention_block(q, k, v, cache, window, cached=None):
-    """T > 1 positions, in chunks of queries. Each chunk gathers the keys inside its
-    window into one contiguous array (the visible run of the ring, at most two slot
-    ranges, then the block's own keys so far), is scored by BLAS, masked and
-    softmaxed in place, and weighted by BLAS again. (NumPy's stacked matmul uses BLAS
-    only on contiguous operands: on the ring's strided views it was ~30x slower.)
-    cached: positions of the ring before the block (default cache.length: k, v not
-    appended yet)."""
+    """T > 1 positions: the keys and values of every position the block sees (the
+    visible run of the ring, at most two slot ranges, then the block's own) gathered
+    contiguously per KV head, then the fused kernel above (BLAS on one thread inside
+    each task). cached: positions of the ring before the block (default cache.length:
+    k, v not appended yet)."""
     T, H, hd = q.shape
-    Hkv = k.shape[1]
-    group = H // Hkv
     L, cap = cache.length if cached is None else cached, cache.capacity
-    scale = np.float32(1.0 / np.sqrt(hd))
-    kh = k.transpose(1, 0, 2)                                                # [Hkv, T, hd] views
-    vh = v.transpose(1, 0, 2)
+    first_old = max(L - window + 1, L - min(L, cap), 0)
+    runs = cache.slot_runs(first_old, L)
+    keys = np.concatenate([cache.k[:, s0:s0 + n] for _, s0, n in runs] + [k.transpose(1, 0, 2)], axis=1)    # [Hkv, S, hd]
+    values = np.concatenate([cache.v[:, s0:s0 + n] for _, s0, n in runs] + [v.transpose(1, 0, 2)], axis=1)
+    key_pos = np.concatenate([np.arange(first_old, L), L + np.arange(T)])                                  # [S]
+    qh = np.ascontiguousarray((q * np.float32(1.0 / np.sqrt(hd))).transpose(1, 0, 2))                     # [H, T, hd]
     out = np.empty((T, H, hd), np.float32)
-    for c0 in range(0, T, QUERY_CHUNK):
-        c1 = min(T, c0 + QUERY_CHUNK)
-        C = c1 - c0
-        first_old = max(L + c0 - window + 1, L - min(L, cap), 0)
-        runs = [(cache.k[:, s0:s0 + n], cache.v[:, s0:s0 + n]) for _, s0, n in cache.slot_runs(first_old, L)]
-        n0 = max(0, c0 - window + 1)
-        keys = np.concatenate([kr for kr, _ in runs] + [kh[:, n0:c1]], axis=1)    # [Hkv, S, hd]
-        values = np.concatenate([vr for _, vr in runs] + [vh[:, n0:c1]], axis=1)  # [Hkv, S, hd]
-        key_pos = np.concatenate([np.arange(first_old, L), L + np.arange(n0, c1)])  # [S]
-        qc = (q[c0:c1] * scale).transpose(1, 0, 2).reshape(Hkv, group * C, hd)    # [Hkv, g*C, hd]
-        scores = qc @ keys.transpose(0, 2, 1)                                     # [Hkv, g*C, S]
-        _masked_softmax(scores.reshape(Hkv * group, C, -1), key_pos, L + c0, window)
-        o = scores @ values                                                       # [Hkv, g*C, hd]
-        out[c0:c1] = o.reshape(Hkv, group, C, hd).transpose(2, 0, 1, 3).reshape(C, H, hd)
+    with threadpool_limits(1, user_api="blas"):
+        _window_attention(qh, keys, values, key_pos, L, window, QUERY_CHUNK, out)
     return out.reshape(T, H * hd)
 
 
