@@ -4,12 +4,14 @@ import os
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
 
-# Vectorise the float reductions without -ffast-math (which would flush denormals
-# process-wide). -march=native: the package is built on the machine that runs it;
-# set VOXNP_ARCH_FLAGS="" (or e.g. "-mavx2 -mfma") for a portable build.
-ARCH = os.environ.get("VOXNP_ARCH_FLAGS", "-march=native").split()
-FLAGS = ["-O3", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
-         "-fno-trapping-math", "-fopenmp"] + ARCH
+# One build for any x86-64: the kernels pick their instruction set at run time
+# (voxnp/_cpu.h, voxnp/cpu.py), so no -march=native; VOXNP_ARCH_FLAGS adds flags.
+# Floating point exactly as written (no contraction, no reassociation): each
+# kernel's order of operations is its contract (every row bit-identical to a one-row call).
+ARCH = os.environ.get("VOXNP_ARCH_FLAGS", "").split()
+FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp"] + ARCH
+HEADERS = ["voxnp/_cpu.h", "voxnp/_bf16.h", "voxnp/_bf16_simd.h", "voxnp/_quant.h", "voxnp/_quant_simd.h",
+           "voxnp/_igemm.h"]
 
 SERVE = ["starlette>=0.37", "uvicorn>=0.30", "python-multipart>=0.0.9", "websockets>=14"]  # voxnp serve
 RAY = ["ray>=2.60"]  # voxnp batch --ray (tested with 2.60; older ActorPools reuse dead actors)
@@ -25,12 +27,8 @@ setup(
     packages=find_packages(include=["voxnp", "voxnp.*"]),
     ext_modules=cythonize(
         [Extension("voxnp._kernels", ["voxnp/_kernels.pyx"], extra_compile_args=FLAGS,
-                   include_dirs=["voxnp"], depends=["voxnp/_bf16.h", "voxnp/_quant.h"],
-                   extra_link_args=["-fopenmp"]),
-         # the encoder's int8 product: exact float epilogue, so no -fassociative-math;
-         # each kernel set has its own target attributes (no -march needed)
-         Extension("voxnp._igemm", ["voxnp/_igemm.pyx"], include_dirs=["voxnp"], depends=["voxnp/_igemm.h"],
-                   extra_compile_args=["-O3", "-fno-math-errno", "-fopenmp"], extra_link_args=["-fopenmp"])],
+                   include_dirs=["voxnp"], depends=HEADERS,
+                   extra_link_args=["-fopenmp"])],
         compiler_directives={"language_level": "3"},
     ),
     install_requires=["numpy>=1.24", "scipy>=1.10", "numba>=0.59", "safetensors>=0.4",

@@ -11,14 +11,13 @@ import pytest
 
 import reference
 import voxnp
-from voxnp import kernels, ops, quant, quant_file
-from voxnp._kernels import quant_cpu
+from voxnp import cpu, kernels, ops, quant, quant_file
 from voxnp.dump import dump_arrays
 from voxnp.errors import VoxnpError
 from voxnp.weights import TOK_EMBEDDINGS, _decoder_layer_names, _encoder_layer_names
 
 FORMATS = [quant.INT8, quant.Q4K_FORMAT]
-IMPLS = ["portable", "avx2"] if quant_cpu() == "avx2" else ["portable"]
+IMPLS = cpu.available()          # every kernel set this CPU runs
 rng = np.random.default_rng(11)
 
 
@@ -40,7 +39,8 @@ def steps(m: quant.QuantizedMatrix) -> np.ndarray:
 
 def run_kernel(m, x, impl, threads=1):
     y = np.full((x.shape[0], m.shape[0]), np.nan, np.float32)
-    m.format.kernel(m, np.ascontiguousarray(x), y, threads, portable=impl == "portable")
+    with cpu.using(impl):
+        m.format.kernel(m, np.ascontiguousarray(x), y, threads)
     return y
 
 
@@ -170,6 +170,19 @@ def test_each_row_is_bit_identical_to_a_one_row_call(fmt, impl):
     # batching rows of different streams: any subset in any order gives the same rows
     order = [5, 0, 7]
     np.testing.assert_array_equal(run_kernel(m, x[order], impl, 2), singles[order])
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+def test_every_kernel_set_gives_the_same_bits(fmt):
+    """The integer sums are exact and the float order is one contract (8 lanes), so a
+    converted file gives the same results on any CPU (portable twin included)."""
+    m = quant.quantize(heavy_tailed((70, 1300)), fmt)
+    x = rng.standard_normal((8, 1300)).astype(np.float32)
+    x[2, 256:512] = np.nan                                    # NaN blocks stay NaN everywhere
+    want = run_kernel(m, x, "portable", threads=2)
+    assert np.isnan(want[2]).all() and np.isfinite(want[[0, 1, 3]]).all()
+    for impl in IMPLS:
+        np.testing.assert_array_equal(run_kernel(m, x, impl, threads=2), want, err_msg=impl)
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)

@@ -12,11 +12,11 @@
  * every kernel set gives the same integers and, through the same float epilogue, the
  * same bits as the NumPy definition (quant.Int8Rows.product).
  *
- * Kernel sets, chosen at run time (each compiled with its own target attributes):
- *   avx512vnni  tiles of 6 rows x 64 outputs, 24 zmm accumulators, vpdpbusd
- *   avxvnni     tiles of 6 rows x 16 outputs, 12 ymm accumulators, vpdpbusd (VEX)
- *   avx2        tiles of 2 rows x 16 outputs, bytes widened to int16, vpmaddwd
- *   portable    plain C loops (same integers)
+ Variants per kernel set (_cpu.h; the set chosen at run time, voxnp/cpu.py):
+ *   avx512vnni and up   tiles of 6 rows x 64 outputs, 24 zmm accumulators, vpdpbusd
+ *   avxvnni             tiles of 6 rows x 16 outputs, 12 ymm accumulators, vpdpbusd (VEX)
+ *   avx2, avx512        tiles of 2 rows x 16 outputs, bytes widened to int16, vpmaddwd
+ *   portable            plain C loops (same integers)
  * OpenMP splits the output rows in panels of 64 across threads; a panel's weights
  * (64 kp bytes) stay in L2 while every row tile of the activations passes over them.
  */
@@ -27,7 +27,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <immintrin.h>
+
+#include "_cpu.h"
 
 #define IG_BLOCK 16          /* output rows per packed block */
 #define IG_QUAD 4            /* inputs per packed group */
@@ -36,26 +37,7 @@
 #define IG_LEVELS 127        /* activations: int8, symmetric */
 #define IG_FLOOR 1e-30f      /* a row of activations smaller than this is zero (quant.ACT_FLOOR) */
 
-enum { IG_PORTABLE = 0, IG_AVX2 = 1, IG_AVXVNNI = 2, IG_AVX512VNNI = 3 };
-
-#define IG_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define IG_TARGET_AVXVNNI __attribute__((target("avx2,fma,avxvnni")))
-#define IG_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")))
 #define IG_INLINE static inline __attribute__((always_inline))
-
-/* The best kernel set this CPU runs. */
-static int ig_best_isa(void)
-{
-    __builtin_cpu_init();
-    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
-        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
-        && __builtin_cpu_supports("avx512vnni"))
-        return IG_AVX512VNNI;
-    if (avx2 && __builtin_cpu_supports("avxvnni"))
-        return IG_AVXVNNI;
-    return avx2 ? IG_AVX2 : IG_PORTABLE;
-}
 
 /* ------------------------------------------------------------------------------------ */
 /* activations: one row x [k] -> u [kp] (xq + 128) and its scale                          */
@@ -91,15 +73,21 @@ static void ig_quantize_row_portable(const float *x, int64_t k, int64_t kp, uint
     ig_quantize_row_body(x, k, kp, u, xs);
 }
 
-IG_TARGET_AVX2 static void ig_quantize_row_avx2(const float *x, int64_t k, int64_t kp, uint8_t *u, float *xs)
+#ifdef VOXNP_X86
+VOXNP_TARGET_BEGIN(VOXNP_T_AVX2)
+static void ig_quantize_row_avx2(const float *x, int64_t k, int64_t kp, uint8_t *u, float *xs)
 {
     ig_quantize_row_body(x, k, kp, u, xs);
 }
+VOXNP_TARGET_END
 
-IG_TARGET_AVX512 static void ig_quantize_row_avx512(const float *x, int64_t k, int64_t kp, uint8_t *u, float *xs)
+VOXNP_TARGET_BEGIN(VOXNP_T_AVX512)
+static void ig_quantize_row_avx512(const float *x, int64_t k, int64_t kp, uint8_t *u, float *xs)
 {
     ig_quantize_row_body(x, k, kp, u, xs);
 }
+VOXNP_TARGET_END
+#endif
 
 /* ------------------------------------------------------------------------------------ */
 /* the float epilogue, the same for every set: y = float(acc - 128 wsum) * (xs * ws)      */
@@ -137,7 +125,9 @@ static void ig_panel_portable(const int8_t *wp, int64_t kp, int nb, const uint8_
 /* A block's 64 bytes become 4 vectors of 4 outputs x 4 inputs; the int32 lanes hold    */
 /* (inputs 0+1, inputs 2+3) per output, added at the end.                               */
 
-IG_TARGET_AVX2 static void ig_panel_avx2(const int8_t *wp, int64_t kp, int nb, const uint8_t *u, int64_t M,
+#ifdef VOXNP_X86
+VOXNP_TARGET_BEGIN(VOXNP_T_AVX2)
+static void ig_panel_avx2(const int8_t *wp, int64_t kp, int nb, const uint8_t *u, int64_t M,
                                          const float *xs, const float *ws, const int32_t *wsum, float *y,
                                          int64_t n, int64_t n0)
 {
@@ -190,10 +180,13 @@ IG_TARGET_AVX2 static void ig_panel_avx2(const int8_t *wp, int64_t kp, int nb, c
     }
 }
 
+VOXNP_TARGET_END
+
 /* ------------------------------------------------------------------------------------ */
 /* AVX-VNNI: 6 rows x one block of 16 outputs (two ymm per row)                           */
 
-IG_TARGET_AVXVNNI static void ig_finish_ymm(__m256i acc, const int32_t *wsum, float xs, const float *ws,
+VOXNP_TARGET_BEGIN(VOXNP_T_AVXVNNI)
+static void ig_finish_ymm(__m256i acc, const int32_t *wsum, float xs, const float *ws,
                                             float *out, int64_t cols)
 {
     __m256i dot = _mm256_sub_epi32(acc, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)wsum), 7));
@@ -208,7 +201,7 @@ IG_TARGET_AVXVNNI static void ig_finish_ymm(__m256i acc, const int32_t *wsum, fl
     }
 }
 
-IG_TARGET_AVXVNNI static void ig_panel_avxvnni(const int8_t *wp, int64_t kp, int nb, const uint8_t *u, int64_t M,
+static void ig_panel_avxvnni(const int8_t *wp, int64_t kp, int nb, const uint8_t *u, int64_t M,
                                                const float *xs, const float *ws, const int32_t *wsum, float *y,
                                                int64_t n, int64_t n0)
 {
@@ -245,10 +238,13 @@ IG_TARGET_AVXVNNI static void ig_panel_avxvnni(const int8_t *wp, int64_t kp, int
     }
 }
 
+VOXNP_TARGET_END
+
 /* ------------------------------------------------------------------------------------ */
 /* AVX-512 VNNI: 6 rows x NB blocks (NB <= 4: 64 outputs)                                */
 
-IG_TARGET_AVX512 IG_INLINE void ig_tile_avx512(const int8_t *wp, int64_t kp, const int NB, const uint8_t *u,
+VOXNP_TARGET_BEGIN(VOXNP_T_AVX512VNNI)
+IG_INLINE void ig_tile_avx512(const int8_t *wp, int64_t kp, const int NB, const uint8_t *u,
                                                 int64_t m0, int rows, const float *xs, const float *ws,
                                                 const int32_t *wsum, float *y, int64_t n, int64_t c0)
 {
@@ -289,7 +285,7 @@ IG_TARGET_AVX512 IG_INLINE void ig_tile_avx512(const int8_t *wp, int64_t kp, con
     }
 }
 
-IG_TARGET_AVX512 static void ig_panel_avx512(const int8_t *wp, int64_t kp, int nb, const uint8_t *u, int64_t M,
+static void ig_panel_avx512(const int8_t *wp, int64_t kp, int nb, const uint8_t *u, int64_t M,
                                              const float *xs, const float *ws, const int32_t *wsum, float *y,
                                              int64_t n, int64_t n0)
 {
@@ -304,12 +300,15 @@ IG_TARGET_AVX512 static void ig_panel_avx512(const int8_t *wp, int64_t kp, int n
     }
 }
 
+VOXNP_TARGET_END
+#endif
+
 /* ------------------------------------------------------------------------------------ */
 /* y [M, n] = x [M, k] times the packed matrix (wp [np/16][kp/4][16][4], np = n rounded   */
 /* up to 16; ws, wsum [np]). Returns 0, or -1 when out of memory.                        */
 
 static int ig_matmul(const int8_t *wp, const float *ws, const int32_t *wsum, int64_t n, int64_t kp,
-                     const float *x, int64_t M, int64_t k, float *y, int threads, int isa)
+                     const float *x, int64_t M, int64_t k, float *y, int threads, int kset)
 {
     uint8_t *u = (uint8_t *)aligned_alloc(64, (size_t)((M * kp + 63) / 64 * 64));
     float *xs = (float *)malloc((size_t)(M > 0 ? M : 1) * sizeof(float));
@@ -321,9 +320,11 @@ static int ig_matmul(const int8_t *wp, const float *ws, const int32_t *wsum, int
     if (threads < 1) threads = 1;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t m = 0; m < M; m++) {
-        if (isa == IG_AVX512VNNI) ig_quantize_row_avx512(x + m * k, k, kp, u + m * kp, xs + m);
-        else if (isa != IG_PORTABLE) ig_quantize_row_avx2(x + m * k, k, kp, u + m * kp, xs + m);
-        else ig_quantize_row_portable(x + m * k, k, kp, u + m * kp, xs + m);
+#ifdef VOXNP_X86
+        if (kset >= KSET_AVX512) { ig_quantize_row_avx512(x + m * k, k, kp, u + m * kp, xs + m); continue; }
+        if (kset >= KSET_AVX2) { ig_quantize_row_avx2(x + m * k, k, kp, u + m * kp, xs + m); continue; }
+#endif
+        ig_quantize_row_portable(x + m * k, k, kp, u + m * kp, xs + m);
     }
     int64_t blocks = (n + IG_BLOCK - 1) / IG_BLOCK;
     int64_t panels = (blocks + IG_PANEL - 1) / IG_PANEL;
@@ -333,12 +334,12 @@ static int ig_matmul(const int8_t *wp, const float *ws, const int32_t *wsum, int
         int nb = (int)(blocks - b0 < IG_PANEL ? blocks - b0 : IG_PANEL);
         const int8_t *panel = wp + b0 * IG_BLOCK * kp;
         int64_t n0 = b0 * IG_BLOCK;
-        switch (isa) {
-        case IG_AVX512VNNI: ig_panel_avx512(panel, kp, nb, u, M, xs, ws, wsum, y, n, n0); break;
-        case IG_AVXVNNI: ig_panel_avxvnni(panel, kp, nb, u, M, xs, ws, wsum, y, n, n0); break;
-        case IG_AVX2: ig_panel_avx2(panel, kp, nb, u, M, xs, ws, wsum, y, n, n0); break;
-        default: ig_panel_portable(panel, kp, nb, u, M, xs, ws, wsum, y, n, n0); break;
-        }
+#ifdef VOXNP_X86
+        if (kset >= KSET_AVX512VNNI) { ig_panel_avx512(panel, kp, nb, u, M, xs, ws, wsum, y, n, n0); continue; }
+        if (kset == KSET_AVXVNNI) { ig_panel_avxvnni(panel, kp, nb, u, M, xs, ws, wsum, y, n, n0); continue; }
+        if (kset >= KSET_AVX2) { ig_panel_avx2(panel, kp, nb, u, M, xs, ws, wsum, y, n, n0); continue; }
+#endif
+        ig_panel_portable(panel, kp, nb, u, M, xs, ws, wsum, y, n, n0);
     }
     free(u);
     free(xs);

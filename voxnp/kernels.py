@@ -21,15 +21,10 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 from threadpoolctl import threadpool_limits
 
-from . import ops
-from .errors import VoxnpError
+from . import cpu, ops
 from .quant import QuantizedMatrix, fast_linear
 
-try:
-    from ._kernels import matmul_bf16
-except ImportError:  # pragma: no cover - a source checkout that was never built
-    raise VoxnpError("voxnp's compiled kernels are missing: install with `pip install .` "
-                     "(or `pip install -e .` in a checkout)") from None
+matmul_bf16 = cpu.compiled().matmul_bf16   # the kernel set: $VOXNP_CPU or the CPU's best
 
 xp = np                   # activations are NumPy arrays
 to_numpy = ops.to_numpy

@@ -4,7 +4,7 @@ A weight matrix W [out, in] is either a BF16 view (weights.py) or a `QuantizedMa
 `ops.linear` and `kernels.linear` dispatch on that and the model code never knows.
 Every format is one table entry, as in ggml: the block size, how to quantize, how to
 dequantize, and the product, written here in NumPy as the definition; the fast twins
-are in _quant.h (AVX2 with a portable fallback) and the tests hold them to these.
+are in _quant.h (a variant per kernel set, cpu.py) and the tests hold them to these.
 
 Formats of one matrix (rows padded with zeros to whole blocks):
   int8  symmetric int8, one float32 scale per group of 128 inputs:
@@ -130,11 +130,11 @@ class Int8:
         scales = (m.arrays["scale"][None, :, :] * xs[:, None, :]).astype(np.float32)  # [T, n, ng]
         return (scales.astype(np.float64) * dots).sum(axis=2).astype(np.float32)
 
-    def kernel(self, m: "QuantizedMatrix", x: np.ndarray, y: np.ndarray, threads: int, portable=False) -> None:
-        """y [T, n] = product(x [T, k], m) by _quant.h (T <= FEW_ROWS)."""
+    def kernel(self, m: "QuantizedMatrix", x: np.ndarray, y: np.ndarray, threads: int) -> None:
+        """y [T, n] = product(x [T, k], m) by _quant.h (T <= FEW_ROWS; the kernel set of cpu.py)."""
         from ._kernels import matmul_q8
 
-        matmul_q8(m.arrays["q"], m.arrays["scale"], x, y, threads, portable)
+        matmul_q8(m.arrays["q"], m.arrays["scale"], x, y, threads)
 
     def kernel_dequantize(self, m: "QuantizedMatrix", r0: int, r1: int, out: np.ndarray) -> None:
         """out[:r1-r0, :k] = dequantize(m)[r0:r1] by _quant.h."""
@@ -224,10 +224,10 @@ class Q4K:
         y = d_x.astype(np.float64) * qsum - dmin_x.astype(np.float64) * msum
         return y.sum(axis=2).astype(np.float32)
 
-    def kernel(self, m: "QuantizedMatrix", x: np.ndarray, y: np.ndarray, threads: int, portable=False) -> None:
+    def kernel(self, m: "QuantizedMatrix", x: np.ndarray, y: np.ndarray, threads: int) -> None:
         from ._kernels import matmul_q4k
 
-        matmul_q4k(m.arrays["qs"], self._meta_bytes(m), x, y, threads, portable)
+        matmul_q4k(m.arrays["qs"], self._meta_bytes(m), x, y, threads)
 
     def kernel_dequantize(self, m: "QuantizedMatrix", r0: int, r1: int, out: np.ndarray) -> None:
         from ._kernels import dequantize_q4k
@@ -316,11 +316,11 @@ class Int8Rows:
         scales = (xs[:, None] * m.arrays["scale"][None, :n]).astype(np.float32)
         return dots.astype(np.float32) * scales
 
-    def kernel(self, m: "QuantizedMatrix", x: np.ndarray, y: np.ndarray, threads: int, kernel_set="") -> None:
-        """y [M, n] = product(x [M, k], m) by _igemm.h (any number of rows)."""
-        from ._igemm import matmul_i8rows
+    def kernel(self, m: "QuantizedMatrix", x: np.ndarray, y: np.ndarray, threads: int) -> None:
+        """y [M, n] = product(x [M, k], m) by _igemm.h (any number of rows; the kernel set of cpu.py)."""
+        from ._kernels import matmul_i8rows
 
-        matmul_i8rows(m.arrays["q"], m.arrays["scale"], m.arrays["qsum"], x, y, threads, kernel_set)
+        matmul_i8rows(m.arrays["q"], m.arrays["scale"], m.arrays["qsum"], x, y, threads)
 
 
 INT8, Q4K_FORMAT, INT8_ROWS = Int8(), Q4K(), Int8Rows()
