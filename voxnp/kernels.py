@@ -11,26 +11,26 @@
 - `attention_in_cache` (the decoder): each query reads the circular KV buffer in place
   (Numba, one task per query and KV head), so rows are independent and exact.
 - `attention` (the encoder, a block of positions; the decoder's prompt): fused per
-  (head, tile of 128 queries): BLAS scores against the keys of the tile's window,
-  masked softmax in place, BLAS again, the scores staying in the core's cache.
+  (head, tile of 128 queries) in _attention.h: scores against the keys of the tile's
+  window, masked softmax in place, weighted values, the scores staying in the cache.
 Numba compiles each kernel once and caches it on disk (`cache=True`).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import get_num_threads, njit, prange
-from threadpoolctl import threadpool_limits
 
 from . import cpu, ops
 from .quant import QuantizedMatrix, fast_linear
 
-matmul_bf16 = cpu.compiled().matmul_bf16   # the kernel set: $VOXNP_CPU or the CPU's best
+_compiled = cpu.compiled()                 # the kernel set: $VOXNP_CPU or the CPU's best
+matmul_bf16, attention_window = _compiled.matmul_bf16, _compiled.attention_window
 
 xp = np                   # activations are NumPy arrays
 to_numpy = ops.to_numpy
 
 # Queries up to this many rows attend one by one over the ring (the decoder's steps);
-# more (the prompt, the encoder) go in blocks through BLAS.
+# more (the prompt, the encoder) go in blocks through the fused kernel.
 FEW_ROWS = 8
 # Up to this many rows a linear layer streams the BF16 weights through the Cython
 # kernel, which widens them in registers once for all rows; more rows widen the matrix
@@ -249,70 +249,55 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache, window: int) -
 QUERY_CHUNK = 128  # queries per tile: each tile scores only the keys its window can see
 
 
-@njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _window_attention(q, keys, values, key_pos, first_pos, window, chunk, out):
-    """Fused sliding-window attention, one task per (query head, tile of queries).
-
-    q [H, T, hd] (already scaled by 1/sqrt(hd)); keys, values [Hkv, S, hd] ordered by
-    position key_pos [S] (ascending); the query t is at first_pos + t and sees the keys
-    with pos - window < key_pos <= pos. A task scores its tile against the run of keys
-    any of its queries sees (one BLAS product), masks and softmaxes the rows in place
-    and weights the values (a second product): the scores never leave the core's cache
-    (C x S floats, ~0.5 MB for the encoder). out [T, H, hd].
-    """
-    H, T, hd = q.shape
-    group = H // keys.shape[0]
-    n_tiles = (T + chunk - 1) // chunk
-    for task in prange(H * n_tiles):
-        h, c0 = task // n_tiles, (task % n_tiles) * chunk
-        c1 = min(T, c0 + chunk)
-        lo = np.searchsorted(key_pos, first_pos + c0 - window, side="right")
-        hi = np.searchsorted(key_pos, first_pos + c1 - 1, side="right")
-        g = h // group
-        kt = np.ascontiguousarray(keys[g, lo:hi]).T                          # [hd, n] (BLAS-typed)
-        scores = np.dot(np.ascontiguousarray(q[h, c0:c1]), kt)               # [C, n]
-        for t in range(c1 - c0):
-            pos = first_pos + c0 + t
-            a = np.searchsorted(key_pos[lo:hi], pos - window, side="right")
-            b = np.searchsorted(key_pos[lo:hi], pos, side="right")
-            row = scores[t]
-            seen = row[a:b]
-            best = np.float32(-np.inf)
-            for j in range(seen.shape[0]):
-                best = max(best, seen[j])
-            _exp_in_place(seen, best)
-            total = np.float32(0.0)
-            for j in range(seen.shape[0]):
-                total += seen[j]
-            seen *= np.float32(1.0) / total
-            row[:a] = 0.0
-            row[b:] = 0.0
-        out[c0:c1, h] = np.dot(scores, np.ascontiguousarray(values[g, lo:hi]))  # [C, hd]
-
-
 def _attention_block(q, k, v, cache, window, cached=None):
     """T > 1 positions: the keys and values of every position the block sees (the
     visible run of the ring, at most two slot ranges, then the block's own) gathered
-    contiguously per KV head, then the fused kernel above (BLAS on one thread inside
-    each task). cached: positions of the ring before the block (default cache.length:
-    k, v not appended yet)."""
+    contiguously per KV head, then the fused kernel of _attention.h. cached: positions
+    of the ring before the block (default cache.length: k, v not appended yet)."""
     T, H, hd = q.shape
     L, cap = cache.length if cached is None else cached, cache.capacity
     first_old = max(L - window + 1, L - min(L, cap), 0)
     runs = cache.slot_runs(first_old, L)
-    keys = np.concatenate([cache.k[:, s0:s0 + n] for _, s0, n in runs] + [k.transpose(1, 0, 2)], axis=1)    # [Hkv, S, hd]
-    values = np.concatenate([cache.v[:, s0:s0 + n] for _, s0, n in runs] + [v.transpose(1, 0, 2)], axis=1)
-    key_pos = np.concatenate([np.arange(first_old, L), L + np.arange(T)])                                  # [S]
-    qh = np.ascontiguousarray((q * np.float32(1.0 / np.sqrt(hd))).transpose(1, 0, 2))                     # [H, T, hd]
+    keys = np.ascontiguousarray(np.concatenate([cache.k[:, s0:s0 + n] for _, s0, n in runs]
+                                               + [k.transpose(1, 0, 2)], axis=1))        # [Hkv, S, hd]
+    values = np.ascontiguousarray(np.concatenate([cache.v[:, s0:s0 + n] for _, s0, n in runs]
+                                                 + [v.transpose(1, 0, 2)], axis=1))
+    key_pos = np.concatenate([np.arange(first_old, L), L + np.arange(T)]).astype(np.int64)                # [S]
+    qh = np.ascontiguousarray((q * np.float32(1.0 / np.sqrt(hd))).transpose(1, 0, 2))                    # [H, T, hd]
     out = np.empty((T, H, hd), np.float32)
-    with threadpool_limits(1, user_api="blas"):
-        _window_attention(qh, keys, values, key_pos, L, window, QUERY_CHUNK, out)
+    attention_window(qh, keys, values, key_pos, L, window, QUERY_CHUNK, out, get_num_threads())
     return out.reshape(T, H * hd)
+
+
+@njit(parallel=True, fastmath=False, cache=True, nogil=True)
+def _silu(x, out):
+    """out = x / (1 + e^-x) elementwise, x and out flat; e^y as in _exp_in_place (y
+    clamped to [-87, 88]). No fast-math: every element is rounded the same way whether
+    the compiler puts it in a vector lane or not (rows stay independent of their batch)."""
+    n = x.shape[0]
+    c0, c1, c2, c3, c4, c5 = EXP_POLY
+    step = 16384
+    for start in prange((n + step - 1) // step):
+        for j in range(start * step, min(n, (start + 1) * step)):
+            y = min(max(-x[j], np.float32(-87.0)), np.float32(88.0))
+            k = np.floor(y * LOG2E + np.float32(0.5))
+            f = y - k * LN2_HI - k * LN2_LO
+            p = ((((c0 * f + c1) * f + c2) * f + c3) * f + c4) * f + c5
+            e = p * f * f + f + np.float32(1.0)                       # e^f
+            bits = np.int32(np.float32(e).view(np.int32)) + (np.int32(k) << 23)
+            out[j] = x[j] / (np.float32(1.0) + np.int32(bits).view(np.float32))
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """x * sigmoid(x) (same contract as ops.silu), in one parallel pass."""
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    out = np.empty_like(flat)
+    _silu(flat, out)
+    return out.reshape(x.shape)
 
 
 # Ops with no faster version than the plain one.
 rms_norm = ops.rms_norm
 gelu = ops.gelu
-silu = ops.silu
 embed = ops.embed
 rope_frequencies = ops.rope_frequencies
