@@ -53,3 +53,12 @@ def test_bad_shapes_are_refused():
         attention_window(q, kv, kv, np.arange(6), 2, 10, 128, np.zeros((5, 2, 64), np.float32))
     with pytest.raises(ValueError):
         attention_window(q, kv, kv, np.arange(7), 2, 10, 128, np.zeros((5, 3, 64), np.float32))
+
+
+def test_silu_kernel_matches_the_definition_and_is_the_same_per_row():
+    x = (rng.standard_normal((37, 1000)) * 6).astype(np.float32)
+    x[0, :5] = [0.0, -80.0, 100.0, 1e-30, -1e-30]
+    got = kernels.silu(x)
+    np.testing.assert_allclose(got, ops.silu(x), rtol=2e-6, atol=1e-30)
+    for r in (0, 5, 36):                                      # a row alone: the same bits (exact speculation)
+        np.testing.assert_array_equal(kernels.silu(x[r:r + 1, :333]), got[r:r + 1, :333])

@@ -214,33 +214,6 @@ def attention_in_cache(q: np.ndarray, cache, window: int) -> np.ndarray:
     return _attention_block(q, k, v, cache, window, cached=cache.length - T)
 
 
-# e^x = 2^k e^f with x = k ln2 + f, |f| <= ln2 / 2: Cephes' single-precision polynomial
-# for e^f (relative error ~1e-7), the 2^k added to the float's exponent bits.
-LOG2E = np.float32(1.4426950408889634)
-LN2_HI, LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)   # ln 2 = HI + LO
-EXP_POLY = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
-                                         4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
-
-
-@njit(fastmath=True, cache=True, nogil=True)
-def _exp_in_place(x, shift):
-    """x[j] = e^(x[j] - shift) for x[j] - shift <= 0, in loops the compiler vectorises
-    (np.exp inside Numba is a scalar call per element)."""
-    n = x.shape[0]
-    powers = np.empty(n, np.int32)
-    c0, c1, c2, c3, c4, c5 = EXP_POLY
-    for j in range(n):
-        y = max(x[j] - shift, np.float32(-87.0))               # below: e^y underflows anyway
-        k = np.floor(y * LOG2E + np.float32(0.5))
-        f = y - k * LN2_HI - k * LN2_LO
-        p = ((((c0 * f + c1) * f + c2) * f + c3) * f + c4) * f + c5
-        x[j] = p * f * f + f + np.float32(1.0)                 # e^f in [0.7, 1.5]
-        powers[j] = np.int32(k)
-    bits = x.view(np.int32)
-    for j in range(n):
-        bits[j] += powers[j] << 23                             # times 2^k
-
-
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache, window: int) -> np.ndarray:
     """Same contract as `ops.attention`: q [T, H, hd], k, v [T, Hkv, hd] -> [T, H*hd]."""
     return _attention_block(q, k, v, cache, window)
@@ -269,10 +242,19 @@ def _attention_block(q, k, v, cache, window, cached=None):
     return out.reshape(T, H * hd)
 
 
+# e^y = 2^k e^f with y = k ln2 + f, |f| <= ln2 / 2: Cephes' single-precision polynomial
+# for e^f (relative error ~1e-7), the 2^k added to the float's exponent bits (the same
+# polynomial as _attention.h's softmax).
+LOG2E = np.float32(1.4426950408889634)
+LN2_HI, LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)   # ln 2 = HI + LO
+EXP_POLY = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                                         4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+
+
 @njit(parallel=True, fastmath=False, cache=True, nogil=True)
 def _silu(x, out):
-    """out = x / (1 + e^-x) elementwise, x and out flat; e^y as in _exp_in_place (y
-    clamped to [-87, 88]). No fast-math: every element is rounded the same way whether
+    """out = x / (1 + e^-x) elementwise, x and out flat; e^y by the polynomial above (y
+    clamped to [-87, 88]: scalar code the compiler vectorises). No fast-math: every element is rounded the same way whether
     the compiler puts it in a vector lane or not (rows stay independent of their batch)."""
     n = x.shape[0]
     c0, c1, c2, c3, c4, c5 = EXP_POLY
