@@ -10,7 +10,8 @@ from setuptools import Extension, find_packages, setup
 # kernel's order of operations is its contract (every row bit-identical to a one-row call).
 ARCH = os.environ.get("VOXNP_ARCH_FLAGS", "").split()
 FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp"] + ARCH
-HEADERS = ["voxnp/_cpu.h", "voxnp/_bf16.h", "voxnp/_bf16_simd.h", "voxnp/_quant.h", "voxnp/_quant_simd.h"]
+HEADERS = ["voxnp/_cpu.h", "voxnp/_bf16.h", "voxnp/_bf16_simd.h", "voxnp/_quant.h", "voxnp/_quant_simd.h",
+           "voxnp/_igemm.h", "voxnp/_attention.h", "voxnp/_attention_simd.h"]
 
 SERVE = ["starlette>=0.37", "uvicorn>=0.30", "python-multipart>=0.0.9", "websockets>=14"]  # voxnp serve
 RAY = ["ray>=2.60"]

@@ -161,6 +161,62 @@ def dequantize_q4k(const uint8_t[:, ::1] qs, const uint8_t[:, ::1] meta, Py_ssiz
             q4k_dequantize(&qs[0, 0], &meta[0, 0], kp, out.shape[1], r0, r1, &out[0, 0])
 
 
+# --- the encoder's many-row int8 product (see _igemm.h) ---
+
+cdef extern from "_igemm.h" nogil:
+    int IG_BLOCK
+    int IG_QUAD
+    int ig_matmul(const int8_t* wp, const float* ws, const int32_t* wsum, int64_t n, int64_t kp,
+                  const float* x, int64_t M, int64_t k, float* y, int threads, int kset)
+
+
+def matmul_i8rows(const int8_t[:, ::1] q, const float[::1] scale, const int32_t[::1] qsum,
+                  const float[:, ::1] x, float[:, ::1] y, int threads=1):
+    """y [M, n] = x [M, k] times the packed int8 matrix (q [np, kp], scale and qsum [np]),
+    any number of rows: quant.Int8Rows.product, the same bits on every kernel set."""
+    cdef Py_ssize_t n = y.shape[1], npad = q.shape[0], kp = q.shape[1], M = x.shape[0], k = x.shape[1]
+    cdef int rc
+    if npad % IG_BLOCK or kp % IG_QUAD or not (npad - IG_BLOCK < n <= npad) or not (kp - IG_QUAD < k <= kp) \
+            or y.shape[0] != M or scale.shape[0] != npad or qsum.shape[0] != npad:
+        raise ValueError(f"matmul_i8rows: W {npad}x{kp}, scale {scale.shape[0]}, qsum {qsum.shape[0]}, "
+                         f"x {M}x{k}, y {y.shape[0]}x{n}")
+    if M == 0 or n == 0:
+        return
+    with nogil:
+        rc = ig_matmul(&q[0, 0], &scale[0], &qsum[0], n, kp, &x[0, 0], M, k, &y[0, 0], threads, _kset)
+    if rc:
+        raise MemoryError()
+
+
+# --- fused windowed attention for blocks of positions (see _attention.h) ---
+
+cdef extern from "_attention.h" nogil:
+    int att_window(const float* q, int64_t H, int64_t T, int hd, const float* k, const float* v,
+                   int64_t Hkv, int64_t S, const int64_t* key_pos, int64_t first_pos,
+                   int64_t window, int64_t chunk, float* out, int threads, int kset)
+
+
+def attention_window(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:, :, ::1] v,
+                     const int64_t[::1] key_pos, int64_t first_pos, int64_t window, int64_t chunk,
+                     float[:, :, ::1] out, int threads=1):
+    """out [T, H, hd] = sliding-window attention of q [H, T, hd] (scaled) over the keys and
+    values k, v [Hkv, S, hd] at the ascending positions key_pos [S]; query t is at
+    first_pos + t and sees the keys with pos - window < key_pos <= pos."""
+    cdef Py_ssize_t H = q.shape[0], T = q.shape[1], hd = q.shape[2], Hkv = v.shape[0], S = v.shape[1]
+    cdef int rc
+    if (k.shape[0] != Hkv or k.shape[1] != S or k.shape[2] != hd or v.shape[2] != hd
+            or key_pos.shape[0] != S or Hkv == 0 or H % Hkv or chunk < 1
+            or out.shape[0] != T or out.shape[1] != H or out.shape[2] != hd):
+        raise ValueError("attention_window: inconsistent shapes")
+    if T == 0 or H == 0:
+        return
+    with nogil:
+        rc = att_window(&q[0, 0, 0], H, T, hd, &k[0, 0, 0], &v[0, 0, 0], Hkv, S, &key_pos[0],
+                        first_pos, window, chunk, &out[0, 0, 0], threads, _kset)
+    if rc:
+        raise MemoryError()
+
+
 def _best_set():
     """The highest kernel set this CPU runs (the default)."""
     return max(i for i in range(KSET_COUNT) if cpu_runs_set(i))

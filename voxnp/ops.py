@@ -29,10 +29,6 @@ def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.n
     return y.astype(np.float32, copy=False)
 
 
-def keep_float32(weights) -> None:
-    """Hint that these matrices are used with many rows (the plain version ignores it)."""
-
-
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x / sqrt(mean(x^2) + eps) * w over the last axis, in float32."""
     ms = np.mean(np.square(x), axis=-1, keepdims=True)
