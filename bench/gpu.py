@@ -273,7 +273,6 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="skip the 60 s sample and the 16 streams")
     args = ap.parse_args()
     os.environ.setdefault("VOXNP_CACHE_DIR", "")                 # compute the left padding every time
-    os.environ.setdefault("VOXNP_ENCODER_F32", "0")              # the encoder phase measures both
     from voxnp.kernels_cupy import import_cupy
 
     cp = import_cupy()
@@ -310,8 +309,7 @@ def main() -> None:
     def load():
         path = full_checkpoint(args.model)
         t = time.perf_counter()
-        state["m"] = voxnp.load(path, backend="cupy")
-        state["m"].ops.weights.bits(state["m"].weights.decoder.norm)          # the checkpoint's upload
+        state["m"] = voxnp.load(path, backend="cupy")                      # uploads the checkpoint
         memory.sample()
         result["load_s"] = time.perf_counter() - t
 
@@ -329,12 +327,6 @@ def main() -> None:
     def encoder():
         m = state["m"]
         result["encoder_s_per_audio_s"] = encoder_s_per_s(cp, m)       # weights widened block by block
-        memory.sample()
-        result["gpu_memory_gb_before_float32_copies"] = memory.peak / 1e9
-        from voxnp.model import encoder_matrices
-
-        m.ops.keep_float32(encoder_matrices(m.weights))                     # + 2.6 GB of float32 copies
-        result["encoder_s_per_audio_s_float32_copies"] = encoder_s_per_s(cp, m)
         memory.sample()
 
     def prefill():

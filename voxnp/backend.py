@@ -4,7 +4,8 @@
 - "numba": `kernels.py`, the fast CPU kernels (default);
 - "cupy":  `kernels_cupy.CupyBackend`, NVIDIA GPUs (optional `cupy` package).
 "auto" is "numba". All share one interface: linear, rms_norm, gelu, swiglu, embed,
-rope, rope_frequencies, attention, append_and_attend; `xp`, the array
+rope, rope_frequencies, attention, append_and_attend (cupy adds `prepare`, which uploads
+the checkpoint when the model is loaded); `xp`, the array
 namespace activations and KV rings live in (numpy, or cupy), and `to_numpy`, which
 brings an array back to the host (token ids, dumps, snapshots).
 """

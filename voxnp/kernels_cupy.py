@@ -9,14 +9,15 @@ only each row's token id. What the backend owns:
 
 - `DeviceWeights`: the checkpoint on the GPU as BF16 bits (uint16), uploaded once
   (8.9 GB for the real model), every weight a view into it; float32 copies only of
-  the vectors (norms, biases) and of the matrices `keep_float32` names (the encoder's
-  feed-forward ones, used with many rows);
+  the vectors (norms, biases);
 - `linear`: up to FEW_ROWS rows (a decoder step, speculative rows, a few streams) go
   through `bf16_rows`, a kernel that widens each weight exactly (bits << 16) while it
   streams it and accumulates in float32; more rows (encoder, prefill) run float32
-  cuBLAS on the kept copy or on blocks widened into a scratch buffer. Nothing is
-  rounded to bf16 or tf32;
-- attention reads the visible window of a ring in place (at most two slot runs).
+  cuBLAS on blocks of weight rows widened into a scratch buffer (measured on an H200:
+  as fast as float32 copies of the encoder's matrices, which would cost 2.6 GB). Nothing
+  is rounded to bf16 or tf32;
+- the decoder's attention: every sequence of a pass appended to its ring and attended
+  over it in two kernels; the encoder's reads the visible window of a ring in place.
 
 The custom kernels (CUDA source below) sit behind `CudaKernels`, whose methods have
 NumPy twins in `KernelTwins`: the tests run the backend through a NumPy stand-in for
@@ -33,7 +34,6 @@ from . import ops
 from .errors import VoxnpError
 
 FEW_ROWS = 8                 # rows through the BF16 kernel; more go to cuBLAS (float32)
-KEEP_MIN_ROWS = 64           # a kept float32 copy is made on the first product with this many rows
 SCRATCH_FLOATS = 1 << 25     # widened weight rows per cuBLAS call: 128 MiB, a whole [9216, 3072]
 QUERY_CHUNK = 256            # encoder queries scored at once (bounds the scores' memory)
 RESERVE_BYTES = 2 << 30      # activations, rings of one stream, scratch, CUDA context
@@ -534,8 +534,6 @@ class DeviceWeights:
         self._buffers: dict[int, tuple] = {}   # id(host buffer) -> (buffer, device bytes, shift)
         self._bits: dict[int, tuple] = {}      # id(host view) -> (view, device BF16 bits)
         self._float32: dict[int, tuple] = {}   # id(host view) -> (view, device float32)
-        self._kept: dict[int, np.ndarray] = {}  # id(host matrix) -> matrix named by keep_float32
-        self.kept_bytes = 0                     # float32 bytes keep_float32 asked for
 
     def bits(self, w: np.ndarray):
         """The device uint16 array holding the BF16 weight w (same shape)."""
@@ -546,7 +544,7 @@ class DeviceWeights:
         return entry[1]
 
     def float32(self, w: np.ndarray):
-        """A device float32 copy of the BF16 weight w (vectors, kept matrices)."""
+        """A device float32 copy of the BF16 weight w (norms, biases)."""
         entry = self._float32.get(id(w))
         if entry is None or entry[0] is not w:
             entry = (w, self.kernels.widen(self.bits(w)))
@@ -561,18 +559,6 @@ class DeviceWeights:
             self._float32[id(a)] = entry
         return entry[1]
 
-    def keep(self, weights) -> None:
-        for w in weights:
-            if id(w) not in self._kept:
-                self._kept[id(w)] = w
-                self.kept_bytes += 4 * w.size
-
-    def kept(self, w) -> bool:
-        return self._kept.get(id(w)) is w
-
-    def has_float32(self, w) -> bool:
-        entry = self._float32.get(id(w))
-        return entry is not None and entry[0] is w
 
     def _upload(self, w: np.ndarray):
         root = w
@@ -596,14 +582,12 @@ class DeviceWeights:
     def _copy_buffer(self, root: np.ndarray, shift: int):
         """The whole host buffer on the device, after `shift` bytes; checks the memory first."""
         cp = self.cp
-        need = root.nbytes + self.kept_bytes + RESERVE_BYTES
+        need = root.nbytes + RESERVE_BYTES
         free, total = cp.cuda.runtime.memGetInfo()
         if need > free:
             raise VoxnpError(f"too little GPU memory for the model: it needs ~{need / 1e9:.1f} GB "
-                             f"({root.nbytes / 1e9:.1f} GB of BF16 weights, {self.kept_bytes / 1e9:.1f} GB "
-                             f"of float32 encoder copies, {RESERVE_BYTES / 1e9:.1f} GB working memory), "
-                             f"the GPU has {free / 1e9:.1f} GB free of {total / 1e9:.1f} GB"
-                             + (" (VOXNP_ENCODER_F32=0 drops the encoder copies)" if self.kept_bytes else ""))
+                             f"({root.nbytes / 1e9:.1f} GB of BF16 weights, {RESERVE_BYTES / 1e9:.1f} GB "
+                             f"working memory), the GPU has {free / 1e9:.1f} GB free of {total / 1e9:.1f} GB")
         flat = root.reshape(-1).view(np.uint8)
         device = cp.empty(shift + flat.size, np.uint8)
         for a in range(0, flat.size, UPLOAD_CHUNK):
@@ -632,14 +616,10 @@ class CupyBackend:
 
     # -- linear layers
 
-    def keep_float32(self, weights) -> None:
-        """These matrices get a float32 copy on their first product with many rows (the
-        encoder's feed-forward ones). Uploads the checkpoint now, so a GPU with too
-        little memory is reported when the model is loaded."""
-        weights = list(weights)
-        self.weights.keep(weights)
-        if weights:
-            self.weights.bits(weights[0])
+    def prepare(self, weights) -> None:
+        """Upload the checkpoint now (weights: the model's), so that a GPU with too little
+        memory is reported when the model is loaded, not at its first product."""
+        self.weights.bits(weights.decoder.norm)
 
     def linear(self, x, w, bias=None):
         """y = x @ W.T (+ b): x [..., in] float32, W [out, in] BF16 (host view) -> [..., out]."""
@@ -649,10 +629,8 @@ class CupyBackend:
         T = rows.shape[0]
         if T <= FEW_ROWS:
             y = self.kernels.bf16_rows(rows, self.weights.bits(w))                 # [T, out]
-        elif self.weights.kept(w) and (self.weights.has_float32(w) or T >= KEEP_MIN_ROWS):
-            y = rows @ self.weights.float32(w).T                                   # cuBLAS, float32
         else:
-            y = self._widened_blocks(rows, w)
+            y = self._widened_blocks(rows, w)                                      # cuBLAS, float32
         if bias is not None:
             y = y + self.weights.float32(bias)
         return xp.ascontiguousarray(y).reshape(*x.shape[:-1], n_out)
