@@ -23,6 +23,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["voxnp", "voxnp.*"]),
+    package_data={"voxnp.server": ["static/*"]},          # the page `voxnp serve` serves at /
     ext_modules=cythonize(
         [Extension("voxnp._kernels", ["voxnp/_kernels.pyx"], extra_compile_args=FLAGS,
                    include_dirs=["voxnp"], depends=["voxnp/_bf16.h", "voxnp/_quant.h"],

@@ -149,11 +149,10 @@ def read_options(form, server) -> dict:
             raise ApiError(400, f"temperature must be a number, got '{temperature}'", param="temperature") from None
     delay_ms = form.get("delay_ms")
     if delay_ms is not None:
-        try:
-            server.engine.model.config.audio.delay_tokens(delay_ms)
-            delay_ms = float(delay_ms)
-        except VoxnpError as e:
-            raise ApiError(400, str(e), param="delay_ms") from None
+        problem = server.delay_problem(delay_ms)
+        if problem:
+            raise ApiError(400, problem, param="delay_ms")
+        delay_ms = float(delay_ms)
     return {"response_format": fmt, "stream": stream, "words": "word" in granularities,
             "language": form.get("language") or "unknown", "delay_ms": delay_ms}
 
