@@ -35,7 +35,9 @@ setup(
                       "huggingface_hub>=0.20"],   # `voxnp download`
     extras_require={
         # the tests cover the server (driven by the real `openai` client) and Ray batch jobs
-        "test": ["pytest>=7", "mistral_common>=1.5", "openai[realtime]>=1.102"] + SERVE + RAY,
+        # selenium drives Debian's chromium (the page); sounddevice: --from-mic through PulseAudio
+        "test": ["pytest>=7", "mistral_common>=1.5", "openai[realtime]>=1.102", "selenium>=4.11",
+                 "sounddevice>=0.4"] + SERVE + RAY,
         "mic": ["sounddevice>=0.4"],
         "gpu": ["cupy-cuda12x>=13"],
         "bench": ["mistral_common>=1.5"],
