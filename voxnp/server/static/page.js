@@ -194,7 +194,8 @@ function onEvent(session, data) {
     if (live === session && !session.stopping) setMic("live");
     if (session.stopping) session.ws.send(JSON.stringify({ type: "input_audio_buffer.commit", final: true }));
   } else if (event.type === "transcription.delta") {
-    $("live-text").append(document.createTextNode(event.delta));
+    const text = $("live-text").textContent ? event.delta : event.delta.trimStart();
+    $("live-text").append(document.createTextNode(text));
     $("live-text").scrollTop = $("live-text").scrollHeight;
   } else if (event.type === "transcription.done") {
     session.done = true;
