@@ -79,10 +79,15 @@ def stop_server(proc) -> None:
         proc.kill()
 
 
+LOGS: dict[str, Path] = {}             # server url -> its log
+
+
 @pytest.fixture(scope="module")
 def served(tiny_dir, tmp_path_factory):
     """`voxnp serve --api-key KEY` (the page must work with a key)."""
-    proc, url = start_server(tiny_dir, tmp_path_factory.mktemp("page") / "server.log", "--api-key", KEY)
+    log = tmp_path_factory.mktemp("page") / "server.log"
+    proc, url = start_server(tiny_dir, log, "--api-key", KEY)
+    LOGS[url] = log
     yield url
     stop_server(proc)
 
@@ -272,7 +277,7 @@ def test_live_microphone_equals_the_cli_on_the_audio_sent(browser, served, tiny_
     wait_for(browser, "document.getElementById('mic').dataset.state === 'live'", 30, "the live state")
     wait_for(browser, "/([3-9]|\\d\\d)\\.\\d s of audio sent/.test(document.getElementById('live-info').textContent)",
              30, "3 s of audio sent")
-    assert browser.execute_script("return document.getElementById('level').value;") > 0
+    wait_for(browser, "document.getElementById('level').value > 0", 10, "the level meter to move")
     screenshot(browser, shots, "live")
     browser.find_element(By.ID, "mic").click()                          # stop: final commit
     wait_for(browser, "document.getElementById('live-info').textContent.endsWith('done')", 60, "transcription.done")
@@ -314,6 +319,8 @@ def test_file_streams_and_downloads_srt_equal_to_the_cli(browser, served, tiny_d
     browser.find_element(By.CSS_SELECTOR, "#downloads [data-format=srt]").click()
     srt = downloaded(browser, "_img src=x onerror=alert(1)_.srt").decode()       # the browser renames it
     assert srt == cli(tiny_dir, upload, "--format", "srt", "--delay", delay)
+    assert "POST /v1/audio/transcriptions 200" in LOGS[served].read_text()
+    assert "srt audio 5.0 s (recent)" in LOGS[served].read_text()        # not transcribed again
 
 
 def test_phone_sized_screen_and_keyboard(browser, served, shots):

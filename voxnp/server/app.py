@@ -26,6 +26,7 @@ from .engine import Engine
 from .errors import ApiError, error_response, loading_error, log, on_api_error, on_http_exception, on_unexpected
 from .page import index, is_page_path, static_file
 from .realtime import realtime_endpoint
+from .recent import Recent
 from .transcriptions import create_transcription
 
 OPEN_PATHS = ("/health",)       # no API key needed (nor for the page: is_page_path)
@@ -40,6 +41,7 @@ class Server:
     max_upload_mb: float = 25.0
     strict_model: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
+    recent: Recent = field(default_factory=Recent)    # finished uploads: their other formats
 
     @property
     def max_backlog_samples(self) -> int:
