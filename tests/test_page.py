@@ -23,7 +23,6 @@ README's picture is docs/page.png: file-done.png, the live and the file test's r
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import json
 import os
@@ -38,7 +37,7 @@ import pytest
 import soundfile as sf
 
 from conftest import shared_audio
-from test_server import free_port, request
+from test_server import Served, request, start_served, stop_served
 
 pytest.importorskip("starlette")
 pytest.importorskip("websockets")
@@ -51,54 +50,21 @@ STATIC = Path(__file__).parent.parent / "voxnp" / "server" / "static"
 PAGE_FILES = ("index.html", "page.css", "page.js", "worklet.js", "icon.svg")
 
 
-def start_server(tiny_dir, log: Path, *args) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "voxnp.server", "--model", str(tiny_dir), "--port", str(port), *args]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"the server exited ({proc.returncode}):\n{log.read_text()}")
-        try:
-            if request(type("S", (), {"port": port}), "GET", "/health")[0] == 200:
-                return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the server did not become healthy:\n{log.read_text()}")
-        time.sleep(0.1)
-
-
-def stop_server(proc) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-LOGS: dict[str, Path] = {}             # server url -> its log
-
-
 @pytest.fixture(scope="module")
-def served(tiny_dir, tmp_path_factory):
+def served(tiny_dir, tmp_path_factory) -> Served:
     """`voxnp serve --api-key KEY` (the page must work with a key)."""
-    log = tmp_path_factory.mktemp("page") / "server.log"
-    proc, url = start_server(tiny_dir, log, "--api-key", KEY)
-    LOGS[url] = log
-    yield url
-    stop_server(proc)
+    served = start_served(tiny_dir, tmp_path_factory.mktemp("page") / "server.log", "--api-key", KEY)
+    yield served
+    stop_served(served)
 
 
 @pytest.fixture(scope="module")
-def strict(tiny_dir, tmp_path_factory):
+def strict(tiny_dir, tmp_path_factory) -> Served:
     """A server with one session and a backlog too small for any append: busy and rejected."""
-    proc, url = start_server(tiny_dir, tmp_path_factory.mktemp("strict") / "server.log",
-                             "--max-sessions", "1", "--max-upload-mb", "0.001")
-    yield url
-    stop_server(proc)
+    served = start_served(tiny_dir, tmp_path_factory.mktemp("strict") / "server.log",
+                          "--max-sessions", "1", "--max-upload-mb", "0.001")
+    yield served
+    stop_served(served)
 
 
 def cli(tiny_dir, *args) -> str:
@@ -111,21 +77,19 @@ def cli(tiny_dir, *args) -> str:
 # -- without a browser -------------------------------------------------------
 
 def test_page_is_served_without_key_with_a_strict_csp(served):
-    port = int(served.rsplit(":", 1)[1])
-    at = type("S", (), {"port": port})
-    status, headers, body = request(at, "GET", "/")
+    status, headers, body = request(served, "GET", "/")
     assert status == 200 and headers["content-type"].startswith("text/html")
     csp = headers["content-security-policy"]
     assert "default-src 'none'" in csp and "connect-src 'self'" in csp and "script-src 'self'" in csp
     assert "http" not in csp and "*" not in csp and "unsafe" not in csp
     assert b'src="/static/page.js"' in body
     for name in PAGE_FILES:
-        status, headers, _ = request(at, "GET", f"/static/{name}")
+        status, headers, _ = request(served, "GET", f"/static/{name}")
         assert status == 200 and headers["content-security-policy"] == csp, name
-    assert request(at, "GET", "/static/../app.py")[0] == 404
-    assert request(at, "GET", "/static/nothing.js")[0] == 404
-    assert request(at, "GET", "/v1/models")[0] == 401                     # the API still needs the key
-    assert request(at, "GET", "/v1/models", headers={"Authorization": f"Bearer {KEY}"})[0] == 200
+    assert request(served, "GET", "/static/../app.py")[0] == 404
+    assert request(served, "GET", "/static/nothing.js")[0] == 404
+    assert request(served, "GET", "/v1/models")[0] == 401                     # the API still needs the key
+    assert request(served, "GET", "/v1/models", headers={"Authorization": f"Bearer {KEY}"})[0] == 200
 
 
 def test_page_files_name_no_other_origin_and_write_no_html():
@@ -271,7 +235,7 @@ def test_live_microphone_equals_the_cli_on_the_audio_sent(browser, served, tiny_
 
     delay = 960
     browser.set_window_size(1280, 900)
-    open_page(browser, served, key=KEY, delay=delay)
+    open_page(browser, served.http, key=KEY, delay=delay)
     screenshot(browser, shots, "idle")
     browser.find_element(By.ID, "mic").click()
     wait_for(browser, "document.getElementById('mic').dataset.state === 'live'", 30, "the live state")
@@ -304,8 +268,8 @@ def test_file_streams_and_downloads_srt_equal_to_the_cli(browser, served, tiny_d
     name = "<img src=x onerror=alert(1)>.wav"                                # escaped, not markup
     upload = tmp_path / name
     shutil.copy(shared_audio(SAMPLE), upload)
-    if browser.current_url != served + "/":            # else as the live test left it (the README's picture)
-        open_page(browser, served, key=KEY)
+    if browser.current_url != served.http + "/":       # else as the live test left it (the README's picture)
+        open_page(browser, served.http, key=KEY)
     delay = browser.execute_script("return document.getElementById('delay').value;")
     browser.find_element(By.ID, "file-input").send_keys(str(upload))
     info = wait_for(browser, "/real time/.test(document.getElementById('file-info').textContent) && "
@@ -319,8 +283,8 @@ def test_file_streams_and_downloads_srt_equal_to_the_cli(browser, served, tiny_d
     browser.find_element(By.CSS_SELECTOR, "#downloads [data-format=srt]").click()
     srt = downloaded(browser, "_img src=x onerror=alert(1)_.srt").decode()       # the browser renames it
     assert srt == cli(tiny_dir, upload, "--format", "srt", "--delay", delay)
-    assert "POST /v1/audio/transcriptions 200" in LOGS[served].read_text()
-    assert "srt audio 5.0 s (recent)" in LOGS[served].read_text()        # not transcribed again
+    assert "POST /v1/audio/transcriptions 200" in served.log.read_text()
+    assert "srt audio 5.0 s (recent)" in served.log.read_text()        # not transcribed again
 
 
 def test_phone_sized_screen_and_keyboard(browser, served, shots):
@@ -329,7 +293,7 @@ def test_phone_sized_screen_and_keyboard(browser, served, shots):
     from selenium.webdriver.common.keys import Keys
 
     browser.set_window_size(390, 844)
-    open_page(browser, served)
+    open_page(browser, served.http)
     width = browser.execute_script("return document.documentElement.scrollWidth;")
     inner = browser.execute_script("return window.innerWidth;")
     assert width <= inner, "the page scrolls sideways on a phone"
@@ -353,7 +317,7 @@ def test_no_request_leaves_the_origin(browser, served):
             params = message["params"]
             requests.append(params["request"]["url"] if "request" in params else params["url"])
     assert requests, "the performance log recorded nothing"
-    host = served.split("://", 1)[1]
+    host = served.http.split("://", 1)[1]
     network = [u for u in requests if u.split(":", 1)[0] in ("http", "https", "ws", "wss")]   # not chrome://
     outside = [u for u in network if not u.split("://", 1)[1].startswith(host + "/")]
     assert not outside, outside
@@ -376,14 +340,14 @@ def test_errors_show_as_one_line(browser, served, strict, shots):
         assert "\n" not in line
         return line
 
-    assert "API key" in run_live_until_error(served, key="wrong")
+    assert "API key" in run_live_until_error(served.http, key="wrong")
     screenshot(browser, shots, "error-key")
 
     async def busy():
-        async with websockets.connect(strict.replace("http", "ws") + "/v1/realtime"):
-            return await asyncio.to_thread(run_live_until_error, strict)
+        async with websockets.connect(strict.ws):
+            return await asyncio.to_thread(run_live_until_error, strict.http)
 
     assert "busy" in asyncio.run(busy())
     # every append is over this server's backlog limit: the server's error event is shown
-    assert "too much audio is waiting" in run_live_until_error(strict)
+    assert "too much audio is waiting" in run_live_until_error(strict.http)
     screenshot(browser, shots, "error-rejected")

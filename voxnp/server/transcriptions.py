@@ -64,6 +64,8 @@ async def create_transcription(request: Request) -> Response:
     key = await asyncio.to_thread(upload_key, data, options["delay_ms"])
     fmt = f"{options['response_format']}{' stream' if options['stream'] else ''}"
     done = server.recent.get(key) if not options["stream"] else None
+    if done is not None and server.engine.n_sessions >= server.engine.max_sessions:
+        raise busy_error(server.engine.max_sessions)     # busy is busy, whatever the request
     if done is not None:                                 # the same upload was just transcribed
         request.state.log = f"{fmt} audio {done.duration:.1f} s (recent)"
         return render(options, done.text, done.tokens, done.duration)
