@@ -131,3 +131,19 @@ def test_from_mic_through_pulseaudio_equals_the_cli(pulse, tiny_dir, tmp_path):
     assert expected.returncode == 0, expected.stderr
     assert stdout.strip() and stdout.strip() == expected.stdout.strip()
     assert stdout.endswith("\n")                           # the transcript was flushed
+
+
+def test_record_keeps_the_live_input_as_read(tiny_dir, tmp_path):
+    """--record with --stdin: the WAV holds exactly the samples transcribed; alone it is an error."""
+    from voxnp.audio import load_audio
+
+    sample = shared_audio(SAMPLE)
+    record = tmp_path / "stdin.wav"
+    with open(sample, "rb") as f:
+        r = subprocess.run([sys.executable, "-m", "voxnp", "--stdin", "--record", str(record), "--model", str(tiny_dir),
+                            "--silent"], stdin=f, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(load_audio(record), load_audio(sample))
+    r = subprocess.run([sys.executable, "-m", "voxnp", str(sample), "--record", str(record), "--model", str(tiny_dir)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "--record needs --stdin or --from-mic" in r.stderr and "Traceback" not in r.stderr
