@@ -16,7 +16,7 @@ File: the page uploads SAMPLE (under a name that is HTML), streams the text (SSE
 
 Also: no request leaves the server's origin (the browser's network log), the page is
 served without the key while the API refuses requests without it, errors (wrong key,
-busy server, a rejected append) show as one line, and screenshots of each state are
+microphone refused, busy server, a rejected append) show as one line, and screenshots of each state are
 written under the test's temp dir (VOXNP_PAGE_SCREENSHOTS=DIR copies them there: the
 README's picture is docs/page.png: file-done.png, the live and the file test's results).
 """
@@ -138,29 +138,35 @@ def shots(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("screenshots")
 
 
+def start_chromium(profile: Path, downloads: Path, fake_mic: Path, allow_mic: bool = True):
+    """Headless Debian Chromium under chromedriver; the microphone is SAMPLE, and allowed
+    without asking (allow_mic) or, with no one to answer the prompt, refused."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--use-fake-device-for-media-stream",
+                 f"--use-file-for-fake-audio-capture={fake_mic}", f"--user-data-dir={profile}",
+                 "--window-size=1280,900") + (("--use-fake-ui-for-media-stream",) if allow_mic else ()):
+        options.add_argument(flag)
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    driver.downloads = downloads
+    return driver
+
+
 @pytest.fixture(scope="module")
 def browser(fake_mic, tmp_path_factory):
     problem = chromium_problem()
     if problem:
         pytest.skip(problem)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    downloads = tmp_path_factory.mktemp("downloads")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                 f"--use-file-for-fake-audio-capture={fake_mic}", "--autoplay-policy=no-user-gesture-required",
-                 f"--user-data-dir={tmp_path_factory.mktemp('profile')}", "--window-size=1280,900"):
-        options.add_argument(flag)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-    driver.downloads = downloads
+    driver = start_chromium(tmp_path_factory.mktemp("profile"), tmp_path_factory.mktemp("downloads"), fake_mic)
     yield driver
     driver.quit()
 
@@ -351,3 +357,23 @@ def test_errors_show_as_one_line(browser, served, strict, shots):
     # every append is over this server's backlog limit: the server's error event is shown
     assert "too much audio is waiting" in run_live_until_error(strict.http)
     screenshot(browser, shots, "error-rejected")
+
+
+def test_refused_microphone_is_one_clear_line(served, fake_mic, tmp_path, shots):
+    """Without the fake permission prompt nobody allows the microphone: getUserMedia fails."""
+    problem = chromium_problem()
+    if problem:
+        pytest.skip(problem)
+    from selenium.webdriver.common.by import By
+
+    refusing = start_chromium(tmp_path / "profile", tmp_path / "downloads", fake_mic, allow_mic=False)
+    try:
+        open_page(refusing, served.http, key=KEY)
+        refusing.find_element(By.ID, "mic").click()
+        line = wait_for(refusing, "!document.getElementById('error').hidden && "
+                        "document.getElementById('error').textContent", 30, "an error line")
+        assert "microphone was refused" in line and "\n" not in line, line
+        assert refusing.execute_script("return document.getElementById('mic').dataset.state;") == "idle"
+        screenshot(refusing, shots, "error-microphone")
+    finally:
+        refusing.quit()
