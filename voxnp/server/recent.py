@@ -18,7 +18,6 @@ SIZE = 8                     # transcripts kept (least recently used dropped fir
 class Transcript:
     text: str
     tokens: list             # with `logprob` (the sessions run LogprobStream)
-    duration: float          # seconds of audio
 
 
 def upload_key(data: bytes, delay_ms: float | None) -> str:

@@ -61,29 +61,27 @@ async def create_transcription(request: Request) -> Response:
     server = request.app.state.server
     server.check_ready()
     options, data, name = await read_form(request, server)
-    key = await asyncio.to_thread(upload_key, data, options["delay_ms"])
-    fmt = f"{options['response_format']}{' stream' if options['stream'] else ''}"
-    done = server.recent.get(key) if not options["stream"] else None
-    if done is not None and server.engine.n_sessions >= server.engine.max_sessions:
-        raise busy_error(server.engine.max_sessions)     # busy is busy, whatever the request
-    if done is not None:                                 # the same upload was just transcribed
-        request.state.log = f"{fmt} audio {done.duration:.1f} s (recent)"
-        return render(options, done.text, done.tokens, done.duration)
     try:
         samples = await asyncio.to_thread(decode_upload, data, name)
     except VoxnpError as e:
         raise ApiError(400, f"could not decode the audio: {e}", param="file", code="invalid_audio") from None
     duration = len(samples) / server.engine.rate
-    request.state.log = f"{fmt} audio {duration:.1f} s"
+    request.state.log = f"{options['response_format']}{' stream' if options['stream'] else ''} audio {duration:.1f} s"
     try:
         session = server.engine.open(prefix="req", delay_ms=options["delay_ms"], logprobs=True)
     except Busy:
         raise busy_error(server.engine.max_sessions) from None
+    key = await asyncio.to_thread(upload_key, data, options["delay_ms"])
+    done = server.recent.get(key) if not options["stream"] else None
+    if done is not None:                                 # the same upload was just transcribed
+        session.close()
+        request.state.log += " (recent)"
+        return render(options, done.text, done.tokens, duration)
     session.feed(samples)
     session.finish()
 
     def remember(stream) -> Transcript:
-        done = Transcript(stream.text, stream.tokens, duration) if stream is not None else Transcript("", [], duration)
+        done = Transcript(stream.text, stream.tokens) if stream is not None else Transcript("", [])
         server.recent.put(key, done)
         return done
 
@@ -163,10 +161,11 @@ def read_options(form, server) -> dict:
             raise ApiError(400, f"temperature must be a number, got '{temperature}'", param="temperature") from None
     delay_ms = form.get("delay_ms")
     if delay_ms is not None:
-        problem = server.delay_problem(delay_ms)
-        if problem:
-            raise ApiError(400, problem, param="delay_ms")
-        delay_ms = float(delay_ms)
+        try:
+            server.engine.model.config.audio.delay_tokens(delay_ms)
+            delay_ms = float(delay_ms)
+        except VoxnpError as e:
+            raise ApiError(400, str(e), param="delay_ms") from None
     return {"response_format": fmt, "stream": stream, "words": "word" in granularities,
             "language": form.get("language") or "unknown", "delay_ms": delay_ms}
 
