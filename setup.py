@@ -4,15 +4,20 @@ import os
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
 
-# Vectorise the float reductions without -ffast-math (which would flush denormals
-# process-wide). -march=native: the package is built on the machine that runs it;
-# set VOXNP_ARCH_FLAGS="" (or e.g. "-mavx2 -mfma") for a portable build.
-ARCH = os.environ.get("VOXNP_ARCH_FLAGS", "-march=native").split()
-FLAGS = ["-O3", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
-         "-fno-trapping-math", "-fopenmp"] + ARCH
+# One build for any x86-64: the kernels pick their instruction set at run time
+# (voxnp/_cpu.h, voxnp/cpu.py), so no -march=native; VOXNP_ARCH_FLAGS adds flags.
+# Floating point exactly as written (no contraction, no reassociation): each
+# kernel's order of operations is its contract (every row bit-identical to a one-row call).
+ARCH = os.environ.get("VOXNP_ARCH_FLAGS", "").split()
+FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp"] + ARCH
+HEADERS = ["voxnp/_cpu.h", "voxnp/_bf16.h", "voxnp/_bf16_simd.h", "voxnp/_quant.h", "voxnp/_quant_simd.h",
+           "voxnp/_igemm.h", "voxnp/_attention.h", "voxnp/_attention_simd.h"]
 
 SERVE = ["starlette>=0.37", "uvicorn>=0.30", "python-multipart>=0.0.9", "websockets>=14"]  # voxnp serve
-RAY = ["ray>=2.60"]  # voxnp batch --ray (tested with 2.60; older ActorPools reuse dead actors)
+RAY = ["ray>=2.60"]
+# NVRTC alone (no GPU, no driver): the tests compile the cupy backend's CUDA source to PTX
+NVRTC = ['nvidia-cuda-nvrtc-cu12>=12.4; sys_platform == "linux" and '
+         '(platform_machine == "x86_64" or platform_machine == "aarch64")']  # voxnp batch --ray (tested with 2.60; older ActorPools reuse dead actors)
 
 setup(
     name="voxnp",
@@ -26,7 +31,7 @@ setup(
     package_data={"voxnp.server": ["static/*"]},          # the page `voxnp serve` serves at /
     ext_modules=cythonize(
         [Extension("voxnp._kernels", ["voxnp/_kernels.pyx"], extra_compile_args=FLAGS,
-                   include_dirs=["voxnp"], depends=["voxnp/_bf16.h", "voxnp/_quant.h"],
+                   include_dirs=["voxnp"], depends=HEADERS,
                    extra_link_args=["-fopenmp"])],
         compiler_directives={"language_level": "3"},
     ),
@@ -37,7 +42,7 @@ setup(
         # the tests cover the server (driven by the real `openai` client) and Ray batch jobs
         # selenium drives Debian's chromium (the page); sounddevice: --from-mic through PulseAudio
         "test": ["pytest>=7", "mistral_common>=1.5", "openai[realtime]>=1.102", "selenium>=4.11",
-                 "sounddevice>=0.4"] + SERVE + RAY,
+                 "sounddevice>=0.4"] + SERVE + RAY + NVRTC,
         "mic": ["sounddevice>=0.4"],
         "gpu": ["cupy-cuda12x>=13"],
         "bench": ["mistral_common>=1.5"],

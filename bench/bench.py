@@ -1,11 +1,13 @@
 """voxnp's speed and memory on the full-size model, against the machine's own limits.
 
-    python bench/bench.py [--model DIR] [--out bench/results/NAME.json] [--quick]
+    python bench/bench.py [--model DIR] [--out bench/results/NAME.json] [--quick] [--encoder_only]
 
 Without --model, a full-size random checkpoint (8.9 GB, the published format) is
 written once to bench/cache/full (or $VOXNP_BENCH_CACHE) and reused. Everything is
 measured in this one run, and the figures that matter are ratios to limits measured
 in the same run: read bandwidth (GB/s, all cores) and float32 matmul rate (GFLOP/s).
+The encoder is measured in bf16 (float32 products) and in the fast formats' int8
+(rows *_int8); --encoder_only stops there (bench/results/encoder.json).
 Prints a table and writes the same figures as JSON.
 """
 from __future__ import annotations
@@ -252,7 +254,21 @@ def end_to_end(model: Path, audio: Path) -> dict:
     return r
 
 
-def main(model=None, out=None, quick=False):
+def encoder_rows(row, results, m, floor: float, suffix: str) -> None:
+    """The encoder's seconds per audio second, fresh and windows full, against the
+    sgemm floor (`floor`: its FLOPs at the matmul rate), and the per-op profile."""
+    for name, after in (("encoder_fresh", 0.0), ("encoder_steady", 20.0)):
+        enc = time_encoder(m, 10.0, after)
+        row(name + suffix, enc, "s per audio s",
+            f"{100 * floor / enc:.0f}% of matmul rate (floor {floor:.2f}); "
+            + ("first 10 s of a stream" if after == 0 else "windows full (long audio)"))
+        results[f"{name}{suffix}_fraction_of_matmul"] = floor / enc
+    prof = encoder_profile(m)
+    for kind in ("linear", "attention", "other"):
+        row(f"encoder_steady{suffix}_{kind}", prof.get(kind, 0.0), "s per audio s", "per-op profile, windows full")
+
+
+def main(model=None, out=None, quick=False, encoder_only=False):
     import voxnp
 
     model = Path(model) if model else full_checkpoint()
@@ -275,19 +291,18 @@ def main(model=None, out=None, quick=False):
     cfg = m.config
     with tempfile.TemporaryDirectory() as fresh:
         audio = SHARED_AUDIO / SAMPLES[0]
-        row("first_call", cold_start(model, audio, fresh), "s", "process start to first token, empty JIT cache")
-        row("cold_start_cached", cold_start(model, audio, None), "s", "process start to first token, JIT cached")
+        if not encoder_only:
+            row("first_call", cold_start(model, audio, fresh), "s", "process start to first token, empty JIT cache")
+            row("cold_start_cached", cold_start(model, audio, None), "s", "process start to first token, JIT cached")
 
     floor = encoder_flops_per_position(cfg) * 50 / (mm * 1e9)                  # s per audio s at sgemm rate
-    for name, after in (("encoder_fresh", 0.0), ("encoder_steady", 20.0)):
-        enc = time_encoder(m, 10.0, after)
-        row(name, enc, "s per audio s",
-            f"{100 * floor / enc:.0f}% of matmul rate (floor {floor:.2f}); "
-            + ("first 10 s of a stream" if after == 0 else "windows full (long audio)"))
-        results[f"{name}_fraction_of_matmul"] = floor / enc
-    prof = encoder_profile(m)
-    for kind in ("linear", "attention", "other"):
-        row(f"encoder_steady_{kind}", prof.get(kind, 0.0), "s per audio s", "per-op profile, windows full")
+    encoder_rows(row, results, m, floor, "")
+    # the fast formats' encoder: int8 weights and activations (q4 has the same encoder)
+    encoder_rows(row, results, voxnp.load(model, weights="int8", progress=False), floor, "_int8")
+    if encoder_only:
+        print_table(rows)
+        write_json(out or HERE / "results" / "encoder.json", results)
+        return
     n_prompt = cfg.audio.n_left_pad_tokens + 6
     prefill = time_prefill(m)
     prefill_floor = decoder_linear_flops(cfg) * n_prompt / (mm * 1e9)

@@ -90,11 +90,47 @@ def check_kernels(cp) -> dict:
             ref = twins.bf16_rows(x[:T], w)
             worst = max(worst, float(np.abs(got - ref).max() / np.abs(ref).max()))
     widen_exact = bool(np.array_equal(cp.asnumpy(cuda.widen(cp.asarray(w))), twins.widen(w)))
+
+    def rel(got, ref):
+        return float(np.abs(cp.asnumpy(got) - ref).max() / max(np.abs(ref).max(), 1e-30))
+
     g = rng.standard_normal(1001, dtype=np.float32) * 3
+    u = rng.standard_normal(1001, dtype=np.float32)
     gelu_err = float(np.abs(cp.asnumpy(cuda.gelu(cp.asarray(g))) - twins.gelu(g)).max())
-    return {"bf16_rows_rel_err": worst, "bf16_rows_rows_exact": rows_exact, "widen_exact": widen_exact,
-            "gelu_max_err": gelu_err,
-            "kernels_ok": rows_exact and widen_exact and worst <= TOLERANCE and gelu_err <= 1e-5}
+    swiglu_err = rel(cuda.swiglu(cp.asarray(g), cp.asarray(u)), twins.swiglu(g, u))
+    x = rng.standard_normal((5, 3072), dtype=np.float32)
+    nw = rng.standard_normal(3072, dtype=np.float32)
+    norm_err = rel(cuda.rms_norm(cp.asarray(x), cp.asarray(nw), 1e-5), twins.rms_norm(x, nw, 1e-5))
+    from voxnp import ops
+
+    q = rng.standard_normal((3, 32, 128), dtype=np.float32)
+    pos = np.array([0, 41, 1_000_003])
+    inv_freq = ops.rope_frequencies(128, 1e6)
+    rope_err = rel(cuda.rope(cp.asarray(q), cp.asarray(pos), cp.asarray(inv_freq)), twins.rope(q, pos, inv_freq))
+    attention_err, ring_exact = 0.0, True
+    for hd, rows, lengths, window, capacity in ((128, [slice(0, 1)], [40], 8192, 8200),
+                                                (128, [slice(0, 5), slice(5, 8)], [9000, 100], 8192, 8200),
+                                                (64, [slice(0, 38)], [900], 750, 790),
+                                                (16, [slice(0, 2), slice(2, 3)], [300, 12], 64, 72)):
+        R = rows[-1].stop
+        host = [tuple(rng.standard_normal((2, 8, capacity, hd), dtype=np.float32)) for _ in rows]
+        device = [(cp.asarray(k), cp.asarray(v)) for k, v in host]
+        qq = rng.standard_normal((R, 32, hd), dtype=np.float32)
+        kk, vv = rng.standard_normal((2, R, 8, hd), dtype=np.float32)
+        firsts = [n - (r.stop - r.start) for n, r in zip(lengths, rows)]
+        lowest = [max(0, n - capacity) for n in lengths]
+        got = cuda.append_and_attend(cp.asarray(qq), cp.asarray(kk), cp.asarray(vv), device, rows, firsts, lowest,
+                                     window)
+        want = twins.append_and_attend(qq, kk, vv, host, rows, firsts, lowest, window)
+        attention_err = max(attention_err, rel(got, want))
+        ring_exact &= all(np.array_equal(cp.asnumpy(d[0]), h[0]) and np.array_equal(cp.asnumpy(d[1]), h[1])
+                          for d, h in zip(device, host))
+    errors = {"gelu_max_err": gelu_err, "swiglu_rel_err": swiglu_err, "rms_norm_rel_err": norm_err,
+              "rope_rel_err": rope_err, "attention_rel_err": attention_err,
+              "ring_append_exact": ring_exact}
+    return {"bf16_rows_rel_err": worst, "bf16_rows_rows_exact": rows_exact, "widen_exact": widen_exact, **errors,
+            "kernels_ok": rows_exact and widen_exact and ring_exact and worst <= TOLERANCE and gelu_err <= 1e-5
+            and max(swiglu_err, norm_err, rope_err, attention_err) <= TOLERANCE}
 
 
 # ---------------------------------------------------------------------------
@@ -134,23 +170,69 @@ def full_checkpoint(path: str | None) -> Path:
     return d
 
 
-def decoder_ms(cp, m, context: int, steps: int = 20) -> float:
-    """ms per decoder step (one row) with `context` positions already in the rings."""
-    from voxnp.decoder import decode, new_decoder_state
+def copy_bandwidth(cp, nbytes: int = 2 << 30) -> float:
+    """Device memory bandwidth (bytes read + written per second) of a plain copy."""
+    a = cp.empty(nbytes // 4, cp.float32)
+    b = cp.empty_like(a)
+    b[...] = a
+    seconds = min(timed(cp, lambda: b.__setitem__(Ellipsis, a)) for _ in range(5))
+    return 2 * nbytes / seconds
 
-    cfg = m.config
-    state = new_decoder_state(cfg, m.weights.decoder, 6, m.ops)
-    for cache in state.caches:                       # pretend `context` positions were decoded
+
+def decoder_bytes(m) -> int:
+    """Bytes of weights one decoder step reads (every layer and the tied head)."""
+    return sum(a.nbytes for a in _arrays(m.weights.decoder))
+
+
+def _arrays(node):
+    if isinstance(node, np.ndarray):
+        yield node
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            yield from _arrays(item)
+    elif hasattr(node, "__dataclass_fields__"):
+        for name in node.__dataclass_fields__:
+            yield from _arrays(getattr(node, name))
+
+
+def host_cpu() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} threads)"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def decoder_state_at(cp, m, context: int):
+    """A decoder state whose rings hold `context` (random) positions."""
+    from voxnp.decoder import new_decoder_state
+
+    state = new_decoder_state(m.config, m.weights.decoder, 6, m.ops)
+    for cache in state.caches:
+        cache.make_room(context + 8)
         n = min(context, cache.capacity)
         cache.k[:, :n] = cp.random.standard_normal(cache.k[:, :n].shape, dtype=cp.float32)
         cache.v[:, :n] = cp.random.standard_normal(cache.v[:, :n].shape, dtype=cp.float32)
         cache.length = cache.appended = context
     state.n_positions = context
-    x = cp.random.standard_normal((1, cfg.decoder.dim), dtype=cp.float32)
+    return state
+
+
+def decoder_ms(cp, m, context: int, streams: int = 1, steps: int = 20) -> float:
+    """ms per decoder pass of one row for each of `streams` sequences with `context`
+    positions already in their rings (the positions are taken back after each pass)."""
+    from voxnp.decoder import decode_rows
+
+    cfg = m.config
+    states = [decoder_state_at(cp, m, context) for _ in range(streams)]
+    x = cp.random.standard_normal((streams, cfg.decoder.dim), dtype=cp.float32)
 
     def step():
-        decode(x, state, m.weights.decoder, cfg, m.ops, m.decoder_inv_freq)
-        state.truncate(context)
+        decode_rows(x, states, [1] * streams, m.weights.decoder, cfg, m.ops, m.decoder_inv_freq)
+        for state in states:
+            state.truncate(context)
 
     step()                                           # compile, warm
     return 1000 * timed(cp, lambda: [step() for _ in range(steps)]) / steps
@@ -191,50 +273,104 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="skip the 60 s sample and the 16 streams")
     args = ap.parse_args()
     os.environ.setdefault("VOXNP_CACHE_DIR", "")                 # compute the left padding every time
+    os.environ.setdefault("VOXNP_ENCODER_F32", "0")              # the encoder phase measures both
     from voxnp.kernels_cupy import import_cupy
 
     cp = import_cupy()
     props = cp.cuda.runtime.getDeviceProperties(0)
     result = {"device": props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])}
-    print(f"device: {result['device']}", flush=True)
+    result["host_cpu"] = host_cpu()
+    print(f"device: {result['device']}, host: {result['host_cpu']}", flush=True)
     t0 = time.perf_counter()
     short = read_wav(SHORT)
-    result.update(check_kernels(cp))
-    result.update(check_tiny(short[:48000]))
-    print({k: result[k] for k in ("kernels_ok", "tokens_equal_tiny", "rel_err_tiny")}, flush=True)
+    state = {}
+
+    def phase(name, f):
+        """Run one phase; a failure is recorded (first lines of its traceback) and the rest go on."""
+        t = time.perf_counter()
+        try:
+            f()
+        except Exception:
+            import traceback
+
+            result.setdefault("errors", {})[name] = traceback.format_exc().strip().splitlines()[-12:]
+            print(f"[{name}] FAILED:\n" + traceback.format_exc(), flush=True)
+        print(f"[{name}] {time.perf_counter() - t:.1f} s", flush=True)
+        write_json(args.out, result)                 # what is known so far survives a timeout
+
+    phase("kernels", lambda: result.update(check_kernels(cp)))
+    phase("tiny", lambda: result.update(check_tiny(short[:48000])))
+    print({k: result.get(k) for k in ("kernels_ok", "tokens_equal_tiny", "rel_err_tiny")}, flush=True)
 
     import voxnp
     from voxnp.stream import transcribe, transcribe_many
 
-    path = full_checkpoint(args.model)
     memory = GpuMemory(cp)
-    t = time.perf_counter()
-    m = voxnp.load(path, backend="cupy")
-    memory.sample()
-    result["load_s"] = time.perf_counter() - t
-    result["decoder_ms_per_step_ctx40"] = decoder_ms(cp, m, 40)
-    result["decoder_ms_per_step_ctx2000"] = decoder_ms(cp, m, 2000)
-    memory.sample()
-    result["encoder_s_per_audio_s"] = encoder_s_per_s(cp, m)
-    result["prefill_s"] = prefill_s(cp, m)
-    memory.sample()
-    result["e2e_5s_s"] = timed(cp, lambda: transcribe(m, short))
-    result["e2e_60s_s"] = None if args.quick else timed(cp, lambda: transcribe(m, read_wav(LONG)))
-    memory.sample()
-    if not args.quick:
-        clip = short[:32000]
+
+    def load():
+        path = full_checkpoint(args.model)
+        t = time.perf_counter()
+        state["m"] = voxnp.load(path, backend="cupy")
+        state["m"].ops.weights.bits(state["m"].weights.decoder.norm)          # the checkpoint's upload
+        memory.sample()
+        result["load_s"] = time.perf_counter() - t
+
+    def decoder():
+        bandwidth = copy_bandwidth(cp)
+        result["copy_bandwidth_tb_s"] = bandwidth / 1e12
+        result["decoder_step_floor_ms"] = 1000 * decoder_bytes(state["m"]) / bandwidth     # weights read once
+        result["decoder_ms_per_step_ctx40"] = decoder_ms(cp, state["m"], 40)
+        result["decoder_ms_per_step_ctx2000"] = decoder_ms(cp, state["m"], 2000)
+        result["decoder_ms_per_pass_8_streams_ctx40"] = decoder_ms(cp, state["m"], 40, streams=8)
+        result["decoder_8_streams_tokens_per_s_vs_1"] = (8 * result["decoder_ms_per_step_ctx40"]
+                                                         / result["decoder_ms_per_pass_8_streams_ctx40"])
+        memory.sample()
+
+    def encoder():
+        m = state["m"]
+        result["encoder_s_per_audio_s"] = encoder_s_per_s(cp, m)       # weights widened block by block
+        memory.sample()
+        result["gpu_memory_gb_before_float32_copies"] = memory.peak / 1e9
+        from voxnp.model import encoder_matrices
+
+        m.ops.keep_float32(encoder_matrices(m.weights))                     # + 2.6 GB of float32 copies
+        result["encoder_s_per_audio_s_float32_copies"] = encoder_s_per_s(cp, m)
+        memory.sample()
+
+    def prefill():
+        result["prefill_s"] = prefill_s(cp, state["m"])
+        memory.sample()
+
+    def end_to_end():
+        m = state["m"]
+        timed(cp, lambda: transcribe(m, short[:16000]))                         # warm
+        result["e2e_5s_s"] = timed(cp, lambda: transcribe(m, short))
+        result["e2e_60s_s"] = None if args.quick else timed(cp, lambda: transcribe(m, read_wav(LONG)))
+        memory.sample()
+
+    def batched():
+        m = state["m"]
+        clip = short                                                      # 5 s: decoding, not setup
         alone = timed(cp, lambda: [transcribe(m, clip) for _ in range(4)]) / 4
         together = timed(cp, lambda: list(transcribe_many(m, [clip] * 16, batch=8)))
         result["batch16_s"] = together
         result["batch16_speedup"] = 16 * alone / together
         memory.sample()
-    else:
-        result["batch16_speedup"] = None
+
+    phase("load", load)
+    if "m" in state:
+        for name, f in (("decoder", decoder), ("encoder", encoder), ("prefill", prefill),
+                        ("end_to_end", end_to_end)):
+            phase(name, f)
+        if args.quick:
+            result["batch16_speedup"] = None
+        else:
+            phase("batch16", batched)
     result["gpu_memory_gb"] = memory.peak / 1e9
     result["total_s"] = time.perf_counter() - t0
-    print_table([{"figure": k, "value": f"{v:.4g}" if isinstance(v, float) else str(v)} for k, v in result.items()])
+    print_table([{"figure": k, "value": f"{v:.4g}" if isinstance(v, float) else str(v)}
+                 for k, v in result.items() if k != "errors"])
     write_json(args.out, result)
-
 
 if __name__ == "__main__":
     main()

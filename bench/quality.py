@@ -6,7 +6,9 @@ For each sample of ../shared/audio, in bf16 (the reference), int8 and q4:
 - WER against the sample's .txt reference (where there is one) and against the bf16
   transcript;
 - teacher-forced top-1 agreement: the bf16 tokens are fed in every format, and at the
-  positions where bf16 emits text (not a control token) the format's argmax must agree;
+  positions where bf16 emits text (not a control token) the format's argmax must agree
+  (each format runs its own encoder: int8 and q4 quantize the encoder layers too);
+- the encoder's error: ||audio embeddings - bf16's|| / ||bf16's|| per sample;
 - robustness: the sample scaled to a peak of 0.01 (quiet audio), and with its leading
   silence cut (speech from t = 0). Naive 4-bit quantization collapsed to PAD-only
   output on these in another port; a format that emits no text where bf16 does is a
@@ -71,9 +73,13 @@ def main(model=None, out=None):
         cases[f"{name} quiet"] = a * np.float32(QUIET_PEAK / max(1e-9, float(np.abs(a).max())))
         cases[f"{name} from speech"] = cut_leading_silence(a)
     results, rows, failures = {}, [], []
-    outputs = {}
+    outputs, embeds = {}, {}
     for fmt in FORMATS:
         m = voxnp.load(model, weights=fmt)
+        for name, a in audio.items():
+            embeds[fmt, name] = dump_arrays(m, a, steps=0)["audio_embeds"]
+            ref = embeds["bf16", name]
+            results[f"{fmt}/{name}/encoder_error"] = float(np.linalg.norm(embeds[fmt, name] - ref) / np.linalg.norm(ref))
         for case, a in cases.items():
             t = transcribe(m, a)
             outputs[fmt, case] = (t.text, [tok.id for tok in t.tokens])
@@ -94,7 +100,9 @@ def main(model=None, out=None):
                  "wer_ref": f"{wer(text, refs[name]):.3f}" if name in refs and case == name else "",
                  "wer_bf16": f"{wer(text, outputs['bf16', case][0]):.3f}" if outputs["bf16", case][0].strip() else "",
                  "teacher_top1": "" if case != name or fmt == "bf16"
-                 else _fmt(results.get(f"{fmt}/{name}/teacher_top1_text"))}
+                 else _fmt(results.get(f"{fmt}/{name}/teacher_top1_text")),
+                 "encoder_error": "" if case != name or fmt == "bf16"
+                 else _fmt(results.get(f"{fmt}/{name}/encoder_error"))}
             collapsed = r["text_tokens"] == 0 and len(text_ids(outputs["bf16", case][1])) > 0
             r["collapsed"] = "YES" if collapsed else ""
             if collapsed:

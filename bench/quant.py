@@ -16,8 +16,11 @@ All ratios compare figures measured in this one run. Measures:
   guess right with p = 2/3 independently; a pass of K drafts emits
   (1 - p^(K+1)) / (1 - p) tokens on average);
 - teacher-forced proxies on a 60 s sample: the same random tokens fed in every format,
-  top-1 agreement with bf16 and the relative logit error ||l - l_bf16|| / ||l_bf16||;
-- (unless --quick) the 60 s sample end to end with q4 and speculation.
+  each format's own encoder (int8 and q4 quantize the encoder layers too), top-1
+  agreement with bf16, the relative logit error ||l - l_bf16|| / ||l_bf16|| and the
+  encoder's ||embeddings - bf16's|| / ||bf16's||;
+- (unless --quick) the 60 s sample end to end, `voxnp SAMPLE --weights FMT` in a fresh
+  process (default speculation), for q4 and int8.
 """
 from __future__ import annotations
 
@@ -42,7 +45,8 @@ ACCEPT = 2 / 3      # the drafter's hit rate
 
 def matmul_proxy(seed: int = 0) -> dict:
     """Relative error of the product per matrix format: W [4096, 3072] Student-t(3),
-    x [8, 3072] normal with 8 outlier channels at 20x."""
+    x [8, 3072] normal with 8 outlier channels at 20x (i8rows, the encoder's format,
+    quantizes each activation row to int8 with one scale, so the outliers cost it most)."""
     from voxnp import quant
 
     rng = np.random.default_rng(seed)
@@ -51,7 +55,7 @@ def matmul_proxy(seed: int = 0) -> dict:
     x[:, rng.choice(3072, 8, replace=False)] *= 20
     exact = x.astype(np.float64) @ w.T.astype(np.float64)
     out = {}
-    for f in (quant.INT8, quant.Q4K_FORMAT):
+    for f in (quant.INT8, quant.Q4K_FORMAT, quant.INT8_ROWS):
         y = quant.fast_linear(x, quant.quantize(w, f))
         out[f.name] = float(np.linalg.norm(y - exact) / np.linalg.norm(exact))
     return out
@@ -118,6 +122,15 @@ def teacher_forced(m, embeds: np.ndarray, teacher: np.ndarray, prompt: list[int]
     return np.concatenate(out)
 
 
+def cli_end_to_end(model: Path, audio: Path, fmt: str) -> dict:
+    """`voxnp AUDIO --model MODEL --weights FMT` in a fresh process: wall time and its timing line."""
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "voxnp", str(audio), "--model", str(model), "--weights", fmt],
+                         check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    return {"wall_s": wall, "timing": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""}
+
+
 def main(model=None, out=None, quick=False):
     import voxnp
     from voxnp.audio import load_audio
@@ -156,34 +169,32 @@ def main(model=None, out=None, quick=False):
             + "/".join(f"{1000 * t:.0f}" for t in passes[fmt]))
 
     audio = load_audio(SHARED_AUDIO / SAMPLE_60S)
-    embeds = dump_arrays(models["bf16"], audio, steps=0)["audio_embeds"]      # the encoder is bf16 in all
+    embeds = {fmt: dump_arrays(models[fmt], audio, steps=0)["audio_embeds"] for fmt in FORMATS}   # own encoders
     from voxnp.stream import Stream
 
     prompt = Stream(models["bf16"]).prompt
-    teacher = np.random.default_rng(1).integers(1000, models["bf16"].config.decoder.vocab_size, len(embeds))
-    ref = teacher_forced(models["bf16"], embeds, teacher, prompt)
+    teacher = np.random.default_rng(1).integers(1000, models["bf16"].config.decoder.vocab_size, len(embeds["bf16"]))
+    ref = teacher_forced(models["bf16"], embeds["bf16"], teacher, prompt)
     for fmt in FORMATS[1:]:
-        got = teacher_forced(models[fmt], embeds, teacher, prompt)
+        got = teacher_forced(models[fmt], embeds[fmt], teacher, prompt)
         agree = float(np.mean(got.argmax(1) == ref.argmax(1)))
         err = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+        enc_err = float(np.linalg.norm(embeds[fmt] - embeds["bf16"]) / np.linalg.norm(embeds["bf16"]))
         row(f"teacher_top1_{fmt}", agree, "fraction", f"{len(ref)} positions of {SAMPLE_60S[:3]}; "
-            f"logit error {err:.3f}")
+            f"logit error {err:.3f}; encoder error {enc_err:.4f}")
         results[f"teacher_logit_error_{fmt}"] = err
+        results[f"encoder_embedding_error_{fmt}"] = enc_err
     margins = np.sort(ref, axis=1)[:, -2:]
     results["bf16_top1_margin_median"] = float(np.median(margins[:, 1] - margins[:, 0]))
     results["bf16_logit_std_median"] = float(np.median(ref.std(axis=1)))
     del models
 
     if not quick:
-        from voxnp.stream import transcribe
-
-        m = voxnp.load(model, weights="q4")
-        for K in (0, 3):
-            t = time.perf_counter()
-            r = transcribe(m, audio, speculate=K)
-            wall = time.perf_counter() - t
-            row(f"e2e_60s_q4_K{K}", wall, "s", f"{wall / r.audio_seconds:.2f}x audio duration; "
-                f"encoder {r.timings.encoder_s:.0f} s, decoder {r.timings.decoder_s:.0f} s")
+        for fmt in ("q4", "int8"):
+            r = cli_end_to_end(model, SHARED_AUDIO / SAMPLE_60S, fmt)
+            results[f"e2e_60s_{fmt}"] = r
+            row(f"e2e_60s_{fmt}", r["wall_s"], "s", f"`voxnp SAMPLE --weights {fmt}`, {r['wall_s'] / 60:.2f}x "
+                f"audio duration; {r['timing']}")
     print_table(rows)
     write_json(out or HERE / "results" / ("quant_quick.json" if quick else "quant.json"), results)
 

@@ -70,7 +70,7 @@ def stand_in_cupy(devices=1, free_bytes=80 << 30):
 
     fake.__getattr__ = __getattr__
     fake.asarray, fake.array, fake.asnumpy = asarray, array, asnumpy
-    fake.RawKernel = fake.ElementwiseKernel = no_cuda
+    fake.RawModule = lambda code: types.SimpleNamespace(get_function=no_cuda)
     fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(
         getDeviceCount=device_count, memGetInfo=lambda: (free_bytes, 80 << 30)))
     return fake
@@ -79,14 +79,11 @@ def stand_in_cupy(devices=1, free_bytes=80 << 30):
 class StandInKernels(kernels_cupy.KernelTwins):
     """The twins, their results on the stand-in's device."""
 
-    def bf16_rows(self, x, w):
-        return _on_device(super().bf16_rows(x, w))
-
-    def widen(self, w, out=None):
-        return _on_device(super().widen(w, out))
-
-    def gelu(self, x):
-        return _on_device(super().gelu(x))
+    def __getattribute__(self, name):
+        f = super().__getattribute__(name)
+        if name in kernels_cupy.KERNEL_NAMES:
+            return lambda *a, **k: _on_device(f(*a, **k))
+        return f
 
 
 @pytest.fixture()
@@ -223,3 +220,80 @@ def test_too_little_gpu_memory_is_one_line_and_exit_1(monkeypatch, tiny_dir, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert len(err) == 1 and "too little GPU memory" in err[0] and "1.1 GB free" in err[0]
+
+
+# ---------------------------------------------------------------------------
+# the twins are the definitions they stand for (bench/gpu.py holds the CUDA kernels to them)
+
+
+def test_twins_equal_the_ops_definitions():
+    from voxnp import ops
+
+    rng = np.random.default_rng(3)
+    twins = kernels_cupy.KernelTwins()
+    x = rng.standard_normal((5, 96), dtype=np.float32)
+    w = (rng.standard_normal(96, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)   # BF16 bits
+    np.testing.assert_array_equal(twins.rms_norm(x, twins.widen(w), 1e-5), ops.rms_norm(x, w, 1e-5))
+    g, u = rng.standard_normal((2, 3, 40), dtype=np.float32)
+    np.testing.assert_array_equal(twins.swiglu(g, u), ops.silu(g) * u)
+    q = rng.standard_normal((3, 4, 64), dtype=np.float32)
+    positions = np.array([7, 8, 9000])
+    inv_freq = ops.rope_frequencies(64, 1e6)
+    np.testing.assert_array_equal(twins.rope(q, positions, inv_freq), ops.rope(q, positions, inv_freq))
+
+
+@pytest.mark.parametrize("appended, window", [(5, 16), (40, 16), (70, 13)])
+def test_append_and_attend_twin_is_the_ops_definition(appended, window):
+    """Two sequences in one pass (3 rows and 1 row) over rings that have wrapped."""
+    from voxnp import ops
+
+    rng = np.random.default_rng(appended)
+    H, Hkv, hd = 8, 2, 32
+    caches = {name: [KVCache(window, Hkv, hd, spare=4) for _ in range(2)] for name in ("ops", "twin")}
+    for s, n in enumerate((appended, appended // 2 + 1)):
+        for _ in range(n):
+            k, v = rng.standard_normal((2, 1, Hkv, hd), dtype=np.float32)
+            caches["ops"][s].append(k, v)
+            caches["twin"][s].append(k, v)
+    rows = [slice(0, 3), slice(3, 4)]
+    q = rng.standard_normal((4, H, hd), dtype=np.float32)
+    k, v = rng.standard_normal((2, 4, Hkv, hd), dtype=np.float32)
+    want = ops.append_and_attend(q, k, v, caches["ops"], rows, window)
+    twin = caches["twin"]
+    firsts = [c.length for c in twin]
+    lowest = [max(0, f + r.stop - r.start - c.capacity) for c, r, f in zip(twin, rows, firsts)]
+    got = kernels_cupy.KernelTwins().append_and_attend(q, k, v, [(c.k, c.v) for c in twin], rows, firsts,
+                                                       lowest, window)
+    np.testing.assert_allclose(got.reshape(4, H * hd), want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(caches["ops"], twin):
+        np.testing.assert_array_equal(a.k, b.k)
+        np.testing.assert_array_equal(a.v, b.v)
+
+
+def test_device_rings_grow_until_full_then_wrap(fake_cupy):
+    """A device ring starts small and doubles before its first wrap; reads never change."""
+    from voxnp import kv_cache
+
+    rng = np.random.default_rng(1)
+    host, device = KVCache(600, 2, 32, spare=8), KVCache(600, 2, 32, spare=8, xp=fake_cupy)
+    assert device.capacity == kv_cache.DEVICE_START + 8 and host.capacity == 608
+    capacities = []
+    for n in (1, 300, 5, 400, 700):
+        k, v = rng.standard_normal((2, n, 2, 32), dtype=np.float32)
+        host.append(k, v)
+        device.append(k, v)
+        capacities.append(device.capacity)
+        for a, b in zip(host.ordered(), device.ordered()):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert capacities == [264, 528, 528, 608, 608]
+
+
+def test_left_padding_snapshot_is_reused_on_the_device(cupy_backend, tiny_model, speech):
+    """Streams started from the kept left-padding snapshot (positions as plain ints: a NumPy
+    scalar brought to the host became a shared 0-d array that every ring advanced)."""
+    model = dataclasses.replace(tiny_model, ops=cupy_backend, left_padding={})
+    for n in (16000, 32000, 24000):
+        assert [t.id for t in transcribe(model, speech[:n]).tokens] == \
+               [t.id for t in transcribe(tiny_model, speech[:n]).tokens]
+    (snap,) = model.left_padding.values()
+    assert all(type(c[2]) is int for c in snap["dec"]["caches"] + snap["enc"]["caches"])

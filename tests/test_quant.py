@@ -11,14 +11,13 @@ import pytest
 
 import reference
 import voxnp
-from voxnp import kernels, ops, quant, quant_file
-from voxnp._kernels import quant_cpu
+from voxnp import cpu, kernels, ops, quant, quant_file
 from voxnp.dump import dump_arrays
 from voxnp.errors import VoxnpError
-from voxnp.weights import TOK_EMBEDDINGS, _decoder_layer_names
+from voxnp.weights import TOK_EMBEDDINGS, _decoder_layer_names, _encoder_layer_names
 
 FORMATS = [quant.INT8, quant.Q4K_FORMAT]
-IMPLS = ["portable", "avx2"] if quant_cpu() == "avx2" else ["portable"]
+IMPLS = cpu.available()          # every kernel set this CPU runs
 rng = np.random.default_rng(11)
 
 
@@ -40,7 +39,8 @@ def steps(m: quant.QuantizedMatrix) -> np.ndarray:
 
 def run_kernel(m, x, impl, threads=1):
     y = np.full((x.shape[0], m.shape[0]), np.nan, np.float32)
-    m.format.kernel(m, np.ascontiguousarray(x), y, threads, portable=impl == "portable")
+    with cpu.using(impl):
+        m.format.kernel(m, np.ascontiguousarray(x), y, threads)
     return y
 
 
@@ -173,6 +173,19 @@ def test_each_row_is_bit_identical_to_a_one_row_call(fmt, impl):
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+def test_every_kernel_set_gives_the_same_bits(fmt):
+    """The integer sums are exact and the float order is one contract (8 lanes), so a
+    converted file gives the same results on any CPU (portable twin included)."""
+    m = quant.quantize(heavy_tailed((70, 1300)), fmt)
+    x = rng.standard_normal((8, 1300)).astype(np.float32)
+    x[2, 256:512] = np.nan                                    # NaN blocks stay NaN everywhere
+    want = run_kernel(m, x, "portable", threads=2)
+    assert np.isnan(want[2]).all() and np.isfinite(want[[0, 1, 3]]).all()
+    for impl in IMPLS:
+        np.testing.assert_array_equal(run_kernel(m, x, impl, threads=2), want, err_msg=impl)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
 def test_kernels_linear_dispatch_and_many_rows(fmt):
     m = quant.quantize(heavy_tailed((quant.SCRATCH_FLOATS // 999 + 17, 999)), fmt)   # several blocks
     dq = quant.dequantize(m)
@@ -207,7 +220,9 @@ def test_kernels_reject_wrong_shapes():
 
 
 def fake_quantized_reference(model_dir, fmt, monkeypatch):
-    """tests/reference.py's model with every planned matrix replaced by dequant(quant(W))."""
+    """tests/reference.py's model with every planned matrix replaced by dequant(quant(W)),
+    and, in the encoder layers (int8 dot products), each activation row rounded to int8
+    with its own scale as the kernels do (x -> xs * xq)."""
     ref = reference.load_model_dir(model_dir)
     params = ref["params"]
     cfg = voxnp.load(model_dir).config
@@ -218,8 +233,24 @@ def fake_quantized_reference(model_dir, fmt, monkeypatch):
             if field != "lm_head":
                 name = names[field][0]
                 ref["_f32"][name] = quant.dequantize(quant.quantize(reference.weight(ref, name), f))
+    encoder_matrices = set()
+    for i in range(cfg.encoder.n_layers):
+        names = _encoder_layer_names(i, cfg.encoder)
+        for field, f in quant.ENCODER_PLAN.items():
+            name = names[field][0]
+            ref["_f32"][name] = quant.dequantize(quant.quantize(reference.weight(ref, name), f))
+            encoder_matrices.add(id(ref["_f32"][name]))
     head = quant.dequantize(quant.quantize(reference.weight(ref, TOK_EMBEDDINGS), plan["lm_head"]))
     monkeypatch.setattr(reference, "lm_head", lambda model: head)   # the embedding table stays exact
+    linear = reference.linear
+
+    def int8_rows_linear(x, w, b=None):
+        if id(w) in encoder_matrices:
+            xq, xs = quant.INT8_ROWS.quantize_activations(np.asarray(x, np.float32).reshape(-1, x.shape[-1]))
+            x = (xq.astype(np.float32) * xs[:, None]).reshape(x.shape)
+        return linear(x, w, b)
+
+    monkeypatch.setattr(reference, "linear", int8_rows_linear)
     return ref
 
 
@@ -249,7 +280,8 @@ def test_quantized_model_replaces_only_the_planned_matrices(tiny_dir):
     assert m.weights.decoder.tok_embeddings is not m.weights.decoder.lm_head
     np.testing.assert_array_equal(m.weights.decoder.tok_embeddings, bf16.weights.decoder.tok_embeddings)
     np.testing.assert_array_equal(layer.ada_down, ref_layer.ada_down)
-    assert m.weights.encoder is not None and m.weights.encoder.layers[0].wq.dtype == np.uint16
+    assert m.weights.encoder.layers[0].wq.format is quant.INT8_ROWS      # the encoder: tests/test_encoder_int8.py
+    assert m.weights.encoder.conv2.dtype == np.uint16 and m.weights.adapter.w_out.dtype == np.uint16
 
 
 def test_streaming_on_quantized_weights(tiny_dir, speech):
@@ -310,7 +342,7 @@ def test_bad_cache_file_is_rebuilt_with_a_notice(model_copy, cache, capsys, dama
     elif damage == "foreign":
         path.write_bytes(b"not a safetensors file at all")
     elif damage == "version":
-        path.write_bytes(good.replace(b'"format_version":"1"', b'"format_version":"0"'))
+        path.write_bytes(good.replace(f'"format_version":"{quant.FORMAT_VERSION}"'.encode(), b'"format_version":"0"'))
     else:
         quant_file.quantize_model(window_dir, "q4", out=path, progress=False)
     capsys.readouterr()
@@ -342,7 +374,7 @@ def test_file_beside_the_model_from_another_model_is_an_error(model_copy, window
 
 def test_file_beside_the_model_of_another_version_is_an_error(model_copy, cache):
     out = quant_file.quantize_model(model_copy, "q4", progress=False)
-    out.write_bytes(out.read_bytes().replace(b'"format_version":"1"', b'"format_version":"9"'))
+    out.write_bytes(out.read_bytes().replace(f'"format_version":"{quant.FORMAT_VERSION}"'.encode(), b'"format_version":"9"'))
     with pytest.raises(VoxnpError, match="format version 9"):
         voxnp.load(model_copy, weights="q4")
 

@@ -35,12 +35,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_cpu.h"
+
 #define Q8_BLOCK 128             /* inputs per int8 group */
 #define Q4K_BLOCK 256            /* inputs per q4k super-block */
 #define Q4K_SUB 32               /* inputs per q4k sub-block */
 #define QUANT_ACT_LEVELS 32767   /* activations: int16, symmetric */
 #define QUANT_ACT_FLOOR 1e-30f   /* a smaller block of activations is zero */
-#define QUANT_ROWS 4             /* activation rows whose accumulators share the registers */
 #define QUANT_PARALLEL_MIN 262144  /* fewer weights: one thread (waking threads costs more) */
 
 typedef struct { float d, dmin; uint8_t sc[8], mn[8]; } q4k_meta;   /* 24 bytes, = quant.Q4K_META */
@@ -80,183 +81,209 @@ static void quant_sub_sums(const int16_t *xq, int64_t kp, int32_t *bsum)
 }
 
 /* ------------------------------------------------------------------------------------ */
-/* portable twins: one weight row times one activation row                               */
+/* portable twins: one weight row times one activation row, the 8 lanes of AVX2 emulated  */
+
+static float quant_hsum8_portable(const float *l)
+{
+    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
 
 static float q8_dot_portable(const int8_t *w, const float *ws, int64_t ng, const int16_t *xq, const float *xs)
 {
-    float acc = 0.0f;
+    float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (int64_t g = 0; g < ng; g++) {
-        int32_t s = 0;
-        for (int i = 0; i < Q8_BLOCK; i++) s += (int32_t)w[g * Q8_BLOCK + i] * xq[g * Q8_BLOCK + i];
-        acc += (float)s * (ws[g] * xs[g]);
+        int32_t s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int i = 0; i < Q8_BLOCK; i++)          /* lane l: inputs 2l, 2l+1 of each 16 */
+            s[(i % 16) / 2] += (int32_t)w[g * Q8_BLOCK + i] * xq[g * Q8_BLOCK + i];
+        float scale = ws[g] * xs[g];
+        for (int l = 0; l < 8; l++) lane[l] = fmaf((float)s[l], scale, lane[l]);
     }
-    return acc;
+    return quant_hsum8_portable(lane);
 }
 
 static float q4k_dot_portable(const uint8_t *qs, const q4k_meta *meta, int64_t nsb,
                               const int16_t *xq, const float *xs, const int32_t *bsum)
 {
-    float acc = 0.0f;
+    float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (int64_t s = 0; s < nsb; s++) {
         const q4k_meta *m = meta + s;
-        int64_t qsum = 0, msum = 0;
-        for (int j = 0; j < 8; j++) {          /* sub-block j: byte (j/2)*32 + i, low nibble if j even */
-            const uint8_t *b = qs + s * (Q4K_BLOCK / 2) + (j / 2) * 32;
-            const int16_t *xj = xq + s * Q4K_BLOCK + j * Q4K_SUB;
-            int32_t dot = 0;
-            for (int i = 0; i < Q4K_SUB; i++) dot += ((j & 1) ? b[i] >> 4 : b[i] & 15) * xj[i];
-            qsum += (int64_t)m->sc[j] * dot;
-            msum += (int64_t)m->mn[j] * bsum[s * 8 + j];
+        int32_t q[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int p = 0; p < 4; p++) {             /* byte i of 32: sub-block 2p (low), 2p+1 (high) */
+            const uint8_t *b = qs + s * (Q4K_BLOCK / 2) + p * 32;
+            const int16_t *xp = xq + s * Q4K_BLOCK + p * 64;
+            for (int i = 0; i < 32; i++)
+                q[(i % 16) / 2] += (b[i] & 15) * m->sc[2 * p] * xp[i] + (b[i] >> 4) * m->sc[2 * p + 1] * xp[32 + i];
         }
-        acc += (float)qsum * (m->d * xs[s]) - (float)msum * (m->dmin * xs[s]);
+        float d_x = m->d * xs[s], dmin_x = m->dmin * xs[s];
+        for (int l = 0; l < 8; l++) {
+            lane[l] = fmaf((float)q[l], d_x, lane[l]);
+            lane[l] = fmaf(-(float)(m->mn[l] * bsum[s * 8 + l]), dmin_x, lane[l]);
+        }
     }
-    return acc;
+    return quant_hsum8_portable(lane);
 }
 
+static void q8_row_portable(const int8_t *w, const float *ws, int64_t ng, const int16_t *xq,
+                            const float *xs, int64_t kp, int64_t T, float *y, int64_t n)
+{
+    for (int64_t t = 0; t < T; t++) y[t * n] = q8_dot_portable(w, ws, ng, xq + t * kp, xs + t * ng);
+}
+
+static void q4k_row_portable(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int16_t *xq,
+                             const float *xs, const int32_t *bsum, int64_t kp, int64_t T, float *y, int64_t n)
+{
+    for (int64_t t = 0; t < T; t++)
+        y[t * n] = q4k_dot_portable(qs, meta, nsb, xq + t * kp, xs + t * nsb, bsum + t * (kp / Q4K_SUB));
+}
+
+typedef void (*q8_row_fn)(const int8_t *w, const float *ws, int64_t ng, const int16_t *xq,
+                          const float *xs, int64_t kp, int64_t T, float *y, int64_t n);
+typedef void (*q4k_row_fn)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int16_t *xq,
+                           const float *xs, const int32_t *bsum, int64_t kp, int64_t T, float *y, int64_t n);
+
+#ifdef VOXNP_X86
 /* ------------------------------------------------------------------------------------ */
-/* AVX2: one weight row times nr <= QUANT_ROWS activation rows (stride kp / nb)           */
+/* 256 bits: avx2 (madd + add), avxvnni (vpdpwssd)                                        */
 
-#if defined(__x86_64__) || defined(__i386__)
-#define QUANT_X86 1
-#include <immintrin.h>
-#define QUANT_AVX2 __attribute__((target("avx2,fma")))
-
-static inline QUANT_AVX2 float quant_hsum8(__m256 v)
+VOXNP_TARGET_BEGIN(VOXNP_T_AVX2)
+static inline float quant_hsum8(__m256 v)
 {
     __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); /* l + (l+4) */
     __m128 b = _mm_add_ps(a, _mm_movehl_ps(a, a));                                 /* (0+4)+(2+6), (1+5)+(3+7) */
     return _mm_cvtss_f32(_mm_add_ss(b, _mm_shuffle_ps(b, b, 1)));
 }
+VOXNP_TARGET_END
 
-static inline __attribute__((always_inline)) QUANT_AVX2 void
-q8_rows_avx2(const int8_t *w, const float *ws, int64_t ng, const int16_t *xq, const float *xs,
-             int64_t kp, int nr, float *y, int64_t ystride)
-{
-    __m256 acc[QUANT_ROWS];
-    for (int t = 0; t < nr; t++) acc[t] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < ng; g++) {
-        __m256i isum[QUANT_ROWS];
-        for (int t = 0; t < nr; t++) isum[t] = _mm256_setzero_si256();
-        for (int c = 0; c < Q8_BLOCK; c += 16) {
-            __m256i w16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + g * Q8_BLOCK + c)));
-            for (int t = 0; t < nr; t++) {
-                __m256i x16 = _mm256_loadu_si256((const __m256i *)(xq + t * kp + g * Q8_BLOCK + c));
-                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(w16, x16));
-            }
-        }
-        for (int t = 0; t < nr; t++)
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(ws[g] * xs[t * ng + g]), acc[t]);
-    }
-    for (int t = 0; t < nr; t++) y[t * ystride] = quant_hsum8(acc[t]);
-}
+#define QI __m256i
+#define Q_W16 16
+#define Q_ROWS 4
+#define Q_ZERO _mm256_setzero_si256
+#define Q_LOAD16(p) _mm256_loadu_si256((const __m256i *)(p))
+#define Q_S8(p) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p)))
+#define Q_NIBBLES(v, out) ((out)[0] = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(v)), \
+                           (out)[1] = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(v, 1)))
+#define Q_MUL16 _mm256_mullo_epi16
+#define Q_SET16(c) _mm256_set1_epi16(c)
+#define Q_TO8(v) (v)
 
-static inline __attribute__((always_inline)) QUANT_AVX2 void
-q4k_rows_avx2(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int16_t *xq, const float *xs,
-              const int32_t *bsum, int64_t kp, int nr, float *y, int64_t ystride)
-{
-    const __m256i low4 = _mm256_set1_epi8(0x0F);
-    __m256 acc[QUANT_ROWS];
-    for (int t = 0; t < nr; t++) acc[t] = _mm256_setzero_ps();
-    for (int64_t s = 0; s < nsb; s++) {
-        const q4k_meta *m = meta + s;
-        __m256i qsum[QUANT_ROWS];
-        for (int t = 0; t < nr; t++) qsum[t] = _mm256_setzero_si256();
-        for (int p = 0; p < 4; p++) {        /* 64 inputs: sub-blocks 2p (low nibbles), 2p+1 (high) */
-            __m256i v = _mm256_loadu_si256((const __m256i *)(qs + s * (Q4K_BLOCK / 2) + p * 32));
-            __m256i lo = _mm256_and_si256(v, low4);
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
-            __m256i sa = _mm256_set1_epi16(m->sc[2 * p]), sb = _mm256_set1_epi16(m->sc[2 * p + 1]);
-            __m256i w[4] = {
-                _mm256_mullo_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(lo)), sa),
-                _mm256_mullo_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(lo, 1)), sa),
-                _mm256_mullo_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(hi)), sb),
-                _mm256_mullo_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(hi, 1)), sb),
-            };
-            for (int t = 0; t < nr; t++) {
-                const int16_t *xt = xq + t * kp + s * Q4K_BLOCK + p * 64;
-                for (int c = 0; c < 4; c++)
-                    qsum[t] = _mm256_add_epi32(qsum[t], _mm256_madd_epi16(
-                        w[c], _mm256_loadu_si256((const __m256i *)(xt + 16 * c))));
-            }
-        }
-        __m256i mn = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)m->mn));
-        for (int t = 0; t < nr; t++) {
-            float x_s = xs[t * nsb + s];
-            __m256i msum = _mm256_mullo_epi32(mn, _mm256_loadu_si256((const __m256i *)(bsum + t * nsb * 8 + s * 8)));
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(qsum[t]), _mm256_set1_ps(m->d * x_s), acc[t]);
-            acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(m->dmin * x_s), acc[t]);
-        }
-    }
-    for (int t = 0; t < nr; t++) y[t * ystride] = quant_hsum8(acc[t]);
-}
+VOXNP_TARGET_BEGIN(VOXNP_T_AVX2)
+#define QV avx2
+#define Q_DOT(acc, a, b) _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+#include "_quant_simd.h"
+#undef QV
+#undef Q_DOT
+VOXNP_TARGET_END
 
-/* One weight row times all T activation rows, QUANT_ROWS at a time (constant nr: registers). */
-static QUANT_AVX2 void q8_row_avx2(const int8_t *w, const float *ws, int64_t ng, const int16_t *xq,
-                                   const float *xs, int64_t kp, int64_t T, float *y, int64_t n)
-{
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) q8_rows_avx2(w, ws, ng, xq + t * kp, xs + t * ng, kp, 4, y + t * n, n);
-    switch (T - t) {
-    case 3: q8_rows_avx2(w, ws, ng, xq + t * kp, xs + t * ng, kp, 3, y + t * n, n); break;
-    case 2: q8_rows_avx2(w, ws, ng, xq + t * kp, xs + t * ng, kp, 2, y + t * n, n); break;
-    case 1: q8_rows_avx2(w, ws, ng, xq + t * kp, xs + t * ng, kp, 1, y + t * n, n); break;
-    }
-}
+VOXNP_TARGET_BEGIN(VOXNP_T_AVXVNNI)
+#define QV avxvnni
+#define Q_DOT(acc, a, b) _mm256_dpwssd_avx_epi32(acc, a, b)
+#include "_quant_simd.h"
+#undef QV
+#undef Q_DOT
+VOXNP_TARGET_END
 
-static QUANT_AVX2 void q4k_row_avx2(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int16_t *xq,
-                                    const float *xs, const int32_t *bsum, int64_t kp, int64_t T, float *y, int64_t n)
-{
-    int64_t t = 0, nb = kp / Q4K_SUB;
-#define Q4K_CALL(NR) q4k_rows_avx2(qs, meta, nsb, xq + t * kp, xs + t * nsb, bsum + t * nb, kp, NR, y + t * n, n)
-    for (; t + 4 <= T; t += 4) Q4K_CALL(4);
-    switch (T - t) {
-    case 3: Q4K_CALL(3); break;
-    case 2: Q4K_CALL(2); break;
-    case 1: Q4K_CALL(1); break;
-    }
-#undef Q4K_CALL
-}
+#undef QI
+#undef Q_W16
+#undef Q_ROWS
+#undef Q_ZERO
+#undef Q_LOAD16
+#undef Q_S8
+#undef Q_NIBBLES
+#undef Q_MUL16
+#undef Q_SET16
+#undef Q_TO8
+
+/* ------------------------------------------------------------------------------------ */
+/* 512 bits: avx512 (madd + add), avx512vnni (vpdpwssd); 16 int32 lanes folded to 8      */
+
+#define QI __m512i
+#define Q_W16 32
+#define Q_ROWS 8
+#define Q_ZERO _mm512_setzero_si512
+#define Q_LOAD16(p) _mm512_loadu_si512((const void *)(p))
+#define Q_S8(p) _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(p)))
+#define Q_NIBBLES(v, out) ((out)[0] = _mm512_cvtepu8_epi16(v))
+#define Q_MUL16 _mm512_mullo_epi16
+#define Q_SET16(c) _mm512_set1_epi16(c)
+#define Q_TO8(v) _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1))
+
+VOXNP_TARGET_BEGIN(VOXNP_T_AVX512)
+#define QV avx512
+#define Q_DOT(acc, a, b) _mm512_add_epi32(acc, _mm512_madd_epi16(a, b))
+#include "_quant_simd.h"
+#undef QV
+#undef Q_DOT
+VOXNP_TARGET_END
+
+VOXNP_TARGET_BEGIN(VOXNP_T_AVX512VNNI)
+#define QV avx512vnni
+#define Q_DOT(acc, a, b) _mm512_dpwssd_epi32(acc, a, b)
+#include "_quant_simd.h"
+#undef QV
+#undef Q_DOT
+VOXNP_TARGET_END
+
+#undef QI
+#undef Q_W16
+#undef Q_ROWS
+#undef Q_ZERO
+#undef Q_LOAD16
+#undef Q_S8
+#undef Q_NIBBLES
+#undef Q_MUL16
+#undef Q_SET16
+#undef Q_TO8
 #endif
 
-/* 1 if the AVX2 kernels run on this CPU. */
-static int quant_have_avx2(void)
+/* The row kernels of kernel set `kset` (_cpu.h). */
+static q8_row_fn q8_row_for(int kset)
 {
-#ifdef QUANT_X86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
+#ifdef VOXNP_X86
+    switch (kset) {
+    case KSET_AVX2: return q8_row_avx2;
+    case KSET_AVXVNNI: return q8_row_avxvnni;
+    case KSET_AVX512: return q8_row_avx512;
+    case KSET_AVX512VNNI: case KSET_AVX512BF16: return q8_row_avx512vnni;
+    }
 #endif
+    return q8_row_portable;
+}
+
+static q4k_row_fn q4k_row_for(int kset)
+{
+#ifdef VOXNP_X86
+    switch (kset) {
+    case KSET_AVX2: return q4k_row_avx2;
+    case KSET_AVXVNNI: return q4k_row_avxvnni;
+    case KSET_AVX512: return q4k_row_avx512;
+    case KSET_AVX512VNNI: case KSET_AVX512BF16: return q4k_row_avx512vnni;
+    }
+#endif
+    return q4k_row_portable;
 }
 
 /* ------------------------------------------------------------------------------------ */
 /* the products: y [T, n] = x [T, k] times W [n, k] (rows padded to kp); 0, or -1 (memory) */
 
 static int q8_matmul(const int8_t *q, const float *scale, int64_t n, int64_t kp, const float *x,
-                     int64_t T, int64_t k, float *y, int threads, int portable)
+                     int64_t T, int64_t k, float *y, int threads, int kset)
 {
     int64_t ng = kp / Q8_BLOCK;
     int16_t *xq = malloc(T * kp * sizeof(int16_t));
     float *xs = malloc(T * ng * sizeof(float));
     if (!xq || !xs) { free(xq); free(xs); return -1; }
     for (int64_t t = 0; t < T; t++) quant_activations(x + t * k, k, Q8_BLOCK, kp, xq + t * kp, xs + t * ng);
-    int avx2 = !portable && quant_have_avx2();
+    q8_row_fn row = q8_row_for(kset);
     if (threads < 1 || n * kp < QUANT_PARALLEL_MIN) threads = 1;
     #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t r = 0; r < n; r++) {
-#ifdef QUANT_X86
-        if (avx2) { q8_row_avx2(q + r * kp, scale + r * ng, ng, xq, xs, kp, T, y + r, n); continue; }
-#endif
-        for (int64_t t = 0; t < T; t++)
-            y[t * n + r] = q8_dot_portable(q + r * kp, scale + r * ng, ng, xq + t * kp, xs + t * ng);
-    }
+    for (int64_t r = 0; r < n; r++) row(q + r * kp, scale + r * ng, ng, xq, xs, kp, T, y + r, n);
     free(xq);
     free(xs);
     return 0;
 }
 
 static int q4k_matmul(const uint8_t *qs, const uint8_t *meta, int64_t n, int64_t kp, const float *x,
-                      int64_t T, int64_t k, float *y, int threads, int portable)
+                      int64_t T, int64_t k, float *y, int threads, int kset)
 {
     int64_t nsb = kp / Q4K_BLOCK, nb = kp / Q4K_SUB;
     int16_t *xq = malloc(T * kp * sizeof(int16_t));
@@ -268,17 +295,10 @@ static int q4k_matmul(const uint8_t *qs, const uint8_t *meta, int64_t n, int64_t
         quant_sub_sums(xq + t * kp, kp, bsum + t * nb);
     }
     const q4k_meta *m = (const q4k_meta *)meta;
-    int avx2 = !portable && quant_have_avx2();
+    q4k_row_fn row = q4k_row_for(kset);
     if (threads < 1 || n * kp < QUANT_PARALLEL_MIN) threads = 1;
     #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t r = 0; r < n; r++) {
-#ifdef QUANT_X86
-        if (avx2) { q4k_row_avx2(qs + r * (kp / 2), m + r * nsb, nsb, xq, xs, bsum, kp, T, y + r, n); continue; }
-#endif
-        for (int64_t t = 0; t < T; t++)
-            y[t * n + r] = q4k_dot_portable(qs + r * (kp / 2), m + r * nsb, nsb, xq + t * kp, xs + t * nsb,
-                                            bsum + t * nb);
-    }
+    for (int64_t r = 0; r < n; r++) row(qs + r * (kp / 2), m + r * nsb, nsb, xq, xs, bsum, kp, T, y + r, n);
     free(xq);
     free(xs);
     free(bsum);

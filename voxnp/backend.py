@@ -3,8 +3,8 @@
 - "numpy": `ops.py`, the plain definitions (slow, for reading and testing);
 - "numba": `kernels.py`, the fast CPU kernels (default);
 - "cupy":  `kernels_cupy.CupyBackend`, NVIDIA GPUs (optional `cupy` package).
-"auto" is "numba". All share one interface: linear, keep_float32, rms_norm, gelu,
-silu, embed, rope, rope_frequencies, attention, attention_in_cache; `xp`, the array
+"auto" is "numba". All share one interface: linear, rms_norm, gelu, swiglu, embed,
+rope, rope_frequencies, attention, append_and_attend; `xp`, the array
 namespace activations and KV rings live in (numpy, or cupy), and `to_numpy`, which
 brings an array back to the host (token ids, dumps, snapshots).
 """

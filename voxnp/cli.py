@@ -345,6 +345,9 @@ def run(request: Request) -> None:
     """Call the command's function through fire, every value written as a literal."""
     import fire
 
+    from . import cpu
+
+    cpu.active()                   # a bad $VOXNP_CPU: a one-line error before any work
     module, name = request.command.function.split(":")
     function = getattr(importlib.import_module(f"voxnp.{module}"), name)
     line = [fire_literal(a) for a in request.arguments]
@@ -484,6 +487,9 @@ def transcribe(*files, model, stdin, from_mic, record, raw, delay, interval, alt
         c = m.config
         log(f"model {m.path}: encoder {c.encoder.n_layers}x{c.encoder.dim}, decoder "
             f"{c.decoder.n_layers}x{c.decoder.dim}, vocab {c.decoder.vocab_size}, load {1000 * load_s:.0f} ms")
+        from .cpu import describe
+
+        log(describe())
     options = dict(delay_ms=delay, alt=alt, speculate=speculate)
     if stdin or from_mic:
         from .live import run_live

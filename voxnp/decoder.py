@@ -70,12 +70,13 @@ def new_decoder_state(cfg: ModelConfig, w: DecoderWeights, delay_tokens: int, op
 
 
 def decoder_layer(h: np.ndarray, w: DecoderLayerWeights, i: int, states: list[DecoderState],
-                  rows: list[slice], positions: np.ndarray, cfg: ModelConfig, ops,
-                  inv_freq: np.ndarray) -> np.ndarray:
+                  rows: list[slice], positions: np.ndarray, ffn_scales: np.ndarray, cfg: ModelConfig,
+                  ops, inv_freq: np.ndarray) -> np.ndarray:
     """SPEC §6.1-6.6 for layer i over R rows: rows[s] are sequence s's new positions.
 
-    The linear layers see all rows at once (one read of the weights); attention and the
-    delay-scaled norm are per sequence. h [R, 3072] -> [R, 3072].
+    The linear layers see all rows at once (one read of the weights); each sequence's
+    rows attend over its own ring, and each row's norm is scaled by its sequence's
+    delay (ffn_scales [R, n_layers, 3072]). h [R, 3072] -> [R, 3072].
     """
     d = cfg.decoder
     R = h.shape[0]
@@ -86,19 +87,13 @@ def decoder_layer(h: np.ndarray, w: DecoderLayerWeights, i: int, states: list[De
     v = ops.linear(x, w.wv).reshape(R, d.n_kv_heads, d.head_dim)            # [R, 8, 128]
     q = ops.rope(q, positions, inv_freq)
     k = ops.rope(k, positions, inv_freq)
-    a = ops.xp.empty((R, d.n_heads * d.head_dim), np.float32)                # [R, 4096]
-    for state, r in zip(states, rows):                                       # each sequence its own ring
-        cache = state.caches[i]
-        cache.append(k[r], v[r])
-        a[r] = ops.attention_in_cache(q[r], cache, d.sliding_window)
+    caches = [state.caches[i] for state in states]                           # each sequence its own ring
+    a = ops.append_and_attend(q, k, v, caches, rows, d.sliding_window)       # [R, 4096]
     h = h + ops.linear(a, w.wo)                                              # [R, 3072]
     # 5-6. feed-forward on the delay-scaled norm: h += w2(silu(w1 x) * w3 x)
-    x = ops.rms_norm(h, w.ffn_norm, d.norm_eps)                              # [R, 3072]
-    for state, r in zip(states, rows):
-        x[r] *= state.ffn_scales[i]                                          # (1 + ada(t_cond)) of its delay
-    gate = ops.silu(ops.linear(x, w.w1))                                     # [R, 9216]
-    up = ops.linear(x, w.w3)                                                 # [R, 9216]
-    return h + ops.linear(gate * up, w.w2)                                   # [R, 3072]
+    x = ops.rms_norm(h, w.ffn_norm, d.norm_eps) * ffn_scales[:, i]           # [R, 3072], (1 + ada(t_cond))
+    gated = ops.swiglu(ops.linear(x, w.w1), ops.linear(x, w.w3))            # [R, 9216]
+    return h + ops.linear(gated, w.w2)                                       # [R, 3072]
 
 
 def decode(inputs: np.ndarray, state: DecoderState, w: DecoderWeights, cfg: ModelConfig, ops,
@@ -118,9 +113,11 @@ def decode_rows(inputs: np.ndarray, states: list[DecoderState], counts: list[int
     rows = [slice(e - n, e) for n, e in zip(counts, ends)]
     positions = ops.xp.asarray(np.concatenate([s.n_positions + np.arange(n)
                                                for s, n in zip(states, counts)]))  # [R]
+    ffn_scales = ops.xp.concatenate([ops.xp.broadcast_to(s.ffn_scales, (n,) + s.ffn_scales.shape)
+                                     for s, n in zip(states, counts)])       # [R, 26, 3072]
     h = inputs
     for i, layer in enumerate(w.layers):
-        h = decoder_layer(h, layer, i, states, rows, positions, cfg, ops, inv_freq)
+        h = decoder_layer(h, layer, i, states, rows, positions, ffn_scales, cfg, ops, inv_freq)
     for state, n in zip(states, counts):
         state.n_positions += n
     if not all_logits:

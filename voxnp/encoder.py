@@ -96,9 +96,8 @@ def encoder_layer(h: np.ndarray, w: EncoderLayerWeights, cache: KVCache, positio
     h = h + ops.linear(a, w.wo, w.wo_bias)                                     # [P, 1280]
     # 2. SwiGLU feed-forward: h += w2(silu(w1 x) * w3 x) + b2
     x = ops.rms_norm(h, w.ffn_norm, e.norm_eps)                                # [P, 1280]
-    gate = ops.silu(ops.linear(x, w.w1))                                       # [P, 5120]
-    up = ops.linear(x, w.w3)                                                   # [P, 5120]
-    return h + ops.linear(gate * up, w.w2, w.w2_bias)                          # [P, 1280]
+    gated = ops.swiglu(ops.linear(x, w.w1), ops.linear(x, w.w3))              # [P, 5120]
+    return h + ops.linear(gated, w.w2, w.w2_bias)                              # [P, 1280]
 
 
 def encode(mel: np.ndarray, state: EncoderState, w: EncoderWeights, cfg: ModelConfig, ops,

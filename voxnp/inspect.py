@@ -112,7 +112,8 @@ def inspect_model(model_dir) -> dict:
     Returns {"path", "file", "tensors": [{name, shape, dtype, params, bytes, component,
     offsets}], "totals": {component: {tensors, params, bytes}}, "total": {...},
     "config": {audio, encoder, decoder, n_special_tokens, tokenizer} or None,
-    "problems": [str]}. Raises VoxnpError only for a missing directory or a
+    "problems": [str], "kernels": {"active", "available"} (the compiled kernel set this
+    process uses and those the CPU runs, cpu.py)}. Raises VoxnpError only for a missing directory or a
     safetensors header that cannot be read at all.
     """
     from .config import load_config
@@ -164,8 +165,11 @@ def inspect_model(model_dir) -> dict:
             extra = sorted((n for n in header.entries if n not in expected), key=_natural_key)
             problems += [f"unexpected tensor '{n}'" for n in extra]
 
+    from . import cpu
+
     totals, total = _totals(rows)
-    return {"path": str(path), "file": None if header is None else
+    return {"kernels": {"active": cpu.active(), "available": cpu.available()},
+            "path": str(path), "file": None if header is None else
             {"name": st_path.name, "bytes": header.file_size, "header_bytes": header.data_start - 8,
              "metadata": header.metadata},
             "tensors": rows, "totals": totals, "total": total, "config": config, "problems": problems}
@@ -185,6 +189,9 @@ def _fmt_config(name: str, d: dict) -> str:
 def format_report(info: dict, tensors: bool = True) -> str:
     """A readable report: tensor table (optional), totals, configuration, problems."""
     out = [f"model: {info['path']}"]
+    k = info.get("kernels")
+    if k is not None:
+        out.append(f"kernels: {k['active']} (this CPU runs {', '.join(k['available'])}; VOXNP_CPU forces one)")
     f = info["file"]
     if f is not None:
         out.append(f"{f['name']}: {f['bytes']:,} bytes, {info['total']['tensors']} tensors, "

@@ -4,35 +4,33 @@
   go through the BF16 product of `_kernels.pyx` (Cython, ahead of time), which widens
   the weights in registers while streaming them from the mmap, once for all rows.
   Many rows (the encoder) widen whole matrices into a reused float32 scratch buffer
-  and hand them to BLAS (~90-95% of the machine's sgemm rate at 500 rows).
+  and hand them to BLAS (~90-95% of the machine's sgemm rate at 500 rows). Quantized
+  matrices go to their format's kernels (quant.fast_linear): the encoder's int8 GEMM
+  in the int8 and q4 formats.
 - `rope`: interleaved rotation in one pass.
 - `attention_in_cache` (the decoder): each query reads the circular KV buffer in place
   (Numba, one task per query and KV head), so rows are independent and exact.
-- `attention` (the encoder, a block of positions): chunks of queries, each scored by
-  BLAS against the keys of its window gathered contiguously, masked softmax, BLAS.
+- `attention` (the encoder, a block of positions; the decoder's prompt): fused per
+  (head, tile of 128 queries) in _attention.h: scores against the keys of the tile's
+  window, masked softmax in place, weighted values, the scores staying in the cache.
 Numba compiles each kernel once and caches it on disk (`cache=True`).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import get_num_threads, njit, prange
-from threadpoolctl import threadpool_limits
 
-from . import ops
-from .errors import VoxnpError
+from . import cpu, ops
 from .quant import QuantizedMatrix, fast_linear
 
-try:
-    from ._kernels import matmul_bf16
-except ImportError:  # pragma: no cover - a source checkout that was never built
-    raise VoxnpError("voxnp's compiled kernels are missing: install with `pip install .` "
-                     "(or `pip install -e .` in a checkout)") from None
+_compiled = cpu.compiled()                 # the kernel set: $VOXNP_CPU or the CPU's best
+matmul_bf16, attention_window = _compiled.matmul_bf16, _compiled.attention_window
 
 xp = np                   # activations are NumPy arrays
 to_numpy = ops.to_numpy
 
 # Queries up to this many rows attend one by one over the ring (the decoder's steps);
-# more (the prompt, the encoder) go in blocks through BLAS.
+# more (the prompt, the encoder) go in blocks through the fused kernel.
 FEW_ROWS = 8
 # Up to this many rows a linear layer streams the BF16 weights through the Cython
 # kernel, which widens them in registers once for all rows; more rows widen the matrix
@@ -62,7 +60,7 @@ def _widen_rows_py(w, r0, r1, out):
 
 # One loop, compiled twice. Matrices widened for BLAS right before the BLAS call are
 # widened on one thread (two thread pools fighting over the cores cost more than the
-# loop); a tensor widened once for keeps (`widen`) uses every core.
+# loop); a tensor widened on its own (`widen`: biases, dumps) uses every core.
 _widen_rows = njit(cache=True, nogil=True)(_widen_rows_py)
 _widen_rows_parallel = njit(parallel=True, cache=True, nogil=True)(_widen_rows_py)
 
@@ -88,11 +86,6 @@ def widen_into(w: np.ndarray, out: np.ndarray) -> np.ndarray:
 def widen(w: np.ndarray) -> np.ndarray:
     """A float32 copy of a BF16 tensor (any shape)."""
     return widen_into(w.reshape(1, -1) if w.ndim == 1 else w, np.empty(w.size, np.float32)).reshape(w.shape)
-
-
-def keep_float32(weights) -> None:
-    """No float32 copies on the CPU: widening whole matrices block by block for BLAS
-    measured within ~5% of a kept copy, which would cost 2.6 GB for the encoder."""
 
 
 def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
@@ -218,65 +211,7 @@ def attention_in_cache(q: np.ndarray, cache, window: int) -> np.ndarray:
     slots = np.arange(cache.length - T, cache.length) % cache.capacity
     k = cache.k[:, slots].transpose(1, 0, 2)                                   # [T, Hkv, hd]
     v = cache.v[:, slots].transpose(1, 0, 2)
-    # BLAS on one thread: its threads spin after each call and starve the OpenMP
-    # threads of the next layer's few-row products (measured: a 32-position prompt 4x slower)
-    with threadpool_limits(1, user_api="blas"):
-        return _attention_block(q, k, v, cache, window, cached=cache.length - T)
-
-
-# e^x = 2^k e^f with x = k ln2 + f, |f| <= ln2 / 2: Cephes' single-precision polynomial
-# for e^f (relative error ~1e-7), the 2^k added to the float's exponent bits.
-LOG2E = np.float32(1.4426950408889634)
-LN2_HI, LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)   # ln 2 = HI + LO
-EXP_POLY = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
-                                         4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
-
-
-@njit(fastmath=True, cache=True, nogil=True)
-def _exp_in_place(x, shift):
-    """x[j] = e^(x[j] - shift) for x[j] - shift <= 0, in loops the compiler vectorises
-    (np.exp inside Numba is a scalar call per element)."""
-    n = x.shape[0]
-    powers = np.empty(n, np.int32)
-    c0, c1, c2, c3, c4, c5 = EXP_POLY
-    for j in range(n):
-        y = max(x[j] - shift, np.float32(-87.0))               # below: e^y underflows anyway
-        k = np.floor(y * LOG2E + np.float32(0.5))
-        f = y - k * LN2_HI - k * LN2_LO
-        p = ((((c0 * f + c1) * f + c2) * f + c3) * f + c4) * f + c5
-        x[j] = p * f * f + f + np.float32(1.0)                 # e^f in [0.7, 1.5]
-        powers[j] = np.int32(k)
-    bits = x.view(np.int32)
-    for j in range(n):
-        bits[j] += powers[j] << 23                             # times 2^k
-
-
-@njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _masked_softmax(scores, key_pos, first_pos, window):
-    """Softmax of each row over the keys its query may see, in place; hidden keys get 0.
-
-    scores [R, T, N]; key j is at position key_pos[j], ascending; query t at
-    first_pos + t sees keys with pos - window < key_pos[j] <= pos, a run [lo, hi).
-    One pass per row: max, exponentials, sum, scale.
-    """
-    R, T, N = scores.shape
-    for rt in prange(R * T):
-        r, t = rt // T, rt % T
-        pos = first_pos + t
-        lo = np.searchsorted(key_pos, pos - window, side="right")
-        hi = np.searchsorted(key_pos, pos, side="right")
-        row = scores[r, t]
-        seen = row[lo:hi]
-        best = np.float32(-np.inf)
-        for j in range(seen.shape[0]):
-            best = max(best, seen[j])
-        _exp_in_place(seen, best)
-        total = np.float32(0.0)
-        for j in range(seen.shape[0]):
-            total += seen[j]
-        seen *= np.float32(1.0) / total
-        row[:lo] = 0.0
-        row[hi:] = 0.0
+    return _attention_block(q, k, v, cache, window, cached=cache.length - T)
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache, window: int) -> np.ndarray:
@@ -284,45 +219,77 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache, window: int) -
     return _attention_block(q, k, v, cache, window)
 
 
-QUERY_CHUNK = 128  # queries per BLAS pass: each chunk scores only the keys it can see
+QUERY_CHUNK = 128  # queries per tile: each tile scores only the keys its window can see
 
 
 def _attention_block(q, k, v, cache, window, cached=None):
-    """T > 1 positions, in chunks of queries. Each chunk gathers the keys inside its
-    window into one contiguous array (the visible run of the ring, at most two slot
-    ranges, then the block's own keys so far), is scored by BLAS, masked and
-    softmaxed in place, and weighted by BLAS again. (NumPy's stacked matmul uses BLAS
-    only on contiguous operands: on the ring's strided views it was ~30x slower.)
-    cached: positions of the ring before the block (default cache.length: k, v not
-    appended yet)."""
+    """T > 1 positions: the keys and values of every position the block sees (the
+    visible run of the ring, at most two slot ranges, then the block's own) gathered
+    contiguously per KV head, then the fused kernel of _attention.h. cached: positions
+    of the ring before the block (default cache.length: k, v not appended yet)."""
     T, H, hd = q.shape
-    Hkv = k.shape[1]
-    group = H // Hkv
     L, cap = cache.length if cached is None else cached, cache.capacity
-    scale = np.float32(1.0 / np.sqrt(hd))
-    kh = k.transpose(1, 0, 2)                                                # [Hkv, T, hd] views
-    vh = v.transpose(1, 0, 2)
+    first_old = max(L - window + 1, L - min(L, cap), 0)
+    runs = cache.slot_runs(first_old, L)
+    keys = np.ascontiguousarray(np.concatenate([cache.k[:, s0:s0 + n] for _, s0, n in runs]
+                                               + [k.transpose(1, 0, 2)], axis=1))        # [Hkv, S, hd]
+    values = np.ascontiguousarray(np.concatenate([cache.v[:, s0:s0 + n] for _, s0, n in runs]
+                                                 + [v.transpose(1, 0, 2)], axis=1))
+    key_pos = np.concatenate([np.arange(first_old, L), L + np.arange(T)]).astype(np.int64)                # [S]
+    qh = np.ascontiguousarray((q * np.float32(1.0 / np.sqrt(hd))).transpose(1, 0, 2))                    # [H, T, hd]
     out = np.empty((T, H, hd), np.float32)
-    for c0 in range(0, T, QUERY_CHUNK):
-        c1 = min(T, c0 + QUERY_CHUNK)
-        C = c1 - c0
-        first_old = max(L + c0 - window + 1, L - min(L, cap), 0)
-        runs = [(cache.k[:, s0:s0 + n], cache.v[:, s0:s0 + n]) for _, s0, n in cache.slot_runs(first_old, L)]
-        n0 = max(0, c0 - window + 1)
-        keys = np.concatenate([kr for kr, _ in runs] + [kh[:, n0:c1]], axis=1)    # [Hkv, S, hd]
-        values = np.concatenate([vr for _, vr in runs] + [vh[:, n0:c1]], axis=1)  # [Hkv, S, hd]
-        key_pos = np.concatenate([np.arange(first_old, L), L + np.arange(n0, c1)])  # [S]
-        qc = (q[c0:c1] * scale).transpose(1, 0, 2).reshape(Hkv, group * C, hd)    # [Hkv, g*C, hd]
-        scores = qc @ keys.transpose(0, 2, 1)                                     # [Hkv, g*C, S]
-        _masked_softmax(scores.reshape(Hkv * group, C, -1), key_pos, L + c0, window)
-        o = scores @ values                                                       # [Hkv, g*C, hd]
-        out[c0:c1] = o.reshape(Hkv, group, C, hd).transpose(2, 0, 1, 3).reshape(C, H, hd)
+    attention_window(qh, keys, values, key_pos, L, window, QUERY_CHUNK, out, get_num_threads())
     return out.reshape(T, H * hd)
+
+
+def append_and_attend(q, k, v, caches, rows, window: int) -> np.ndarray:
+    """Same contract as `ops.append_and_attend`, each sequence through `attention_in_cache`."""
+    return ops.append_and_attend(q, k, v, caches, rows, window, attend=attention_in_cache)
+
+
+# e^y = 2^k e^f with y = k ln2 + f, |f| <= ln2 / 2: Cephes' single-precision polynomial
+# for e^f (relative error ~1e-7), the 2^k added to the float's exponent bits (the same
+# polynomial as _attention.h's softmax).
+LOG2E = np.float32(1.4426950408889634)
+LN2_HI, LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)   # ln 2 = HI + LO
+EXP_POLY = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                                         4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+
+
+@njit(parallel=True, fastmath=False, cache=True, nogil=True)
+def _silu(x, out):
+    """out = x / (1 + e^-x) elementwise, x and out flat; e^y by the polynomial above (y
+    clamped to [-87, 88]: scalar code the compiler vectorises). No fast-math: every element is rounded the same way whether
+    the compiler puts it in a vector lane or not (rows stay independent of their batch)."""
+    n = x.shape[0]
+    c0, c1, c2, c3, c4, c5 = EXP_POLY
+    step = 16384
+    for start in prange((n + step - 1) // step):
+        for j in range(start * step, min(n, (start + 1) * step)):
+            y = min(max(-x[j], np.float32(-87.0)), np.float32(88.0))
+            k = np.floor(y * LOG2E + np.float32(0.5))
+            f = y - k * LN2_HI - k * LN2_LO
+            p = ((((c0 * f + c1) * f + c2) * f + c3) * f + c4) * f + c5
+            e = p * f * f + f + np.float32(1.0)                       # e^f
+            bits = np.int32(np.float32(e).view(np.int32)) + (np.int32(k) << 23)
+            out[j] = x[j] / (np.float32(1.0) + np.int32(bits).view(np.float32))
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """x * sigmoid(x) (same contract as ops.silu), in one parallel pass."""
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    out = np.empty_like(flat)
+    _silu(flat, out)
+    return out.reshape(x.shape)
+
+
+def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up (same contract as ops.swiglu), with the parallel SiLU above."""
+    return silu(gate) * up
 
 
 # Ops with no faster version than the plain one.
 rms_norm = ops.rms_norm
 gelu = ops.gelu
-silu = ops.silu
 embed = ops.embed
 rope_frequencies = ops.rope_frequencies

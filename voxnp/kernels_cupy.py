@@ -25,6 +25,8 @@ a GPU.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from . import ops
@@ -64,8 +66,11 @@ def _first_line(e: Exception) -> str:
 # ---------------------------------------------------------------------------
 # the custom kernels (CUDA) and their NumPy twins
 
-_BF16_ROWS_SOURCE = r"""
-// y[t, n] = sum_k x[t, k] * float32(W[n, k]) for T <= 8 rows of x.
+CUDA_SOURCE = r"""
+// voxnp's CUDA kernels: one module, compiled by NVRTC (through CuPy) on first use.
+// Every kernel has a NumPy twin in kernels_cupy.KernelTwins.
+
+// y[t, n] = sum_k x[t, k] * float32(W[n, k]) for T <= MAX_T rows of x.
 // One warp computes ROWS weight rows; lane l reads the row in 16-byte pieces
 // (8 BF16) when `vec`, else one BF16 at a time. A BF16 widens exactly: bits << 16.
 // Each row t's sum has the same order whatever T is (fmaf per element, then a
@@ -137,21 +142,235 @@ extern "C" __global__ void bf16_rows(const float* __restrict__ x, const unsigned
             if (lane == 0 && t < T && n0 + r < N) y[(size_t)t * N + n0 + r] = s;
         }
 }
+
+#define GRID_STRIDE(i, n) \
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); \
+         i += (long long)gridDim.x * blockDim.x)
+
+// y = float32(w): BF16 bits widen exactly.
+extern "C" __global__ void widen(const unsigned short* __restrict__ w, float* __restrict__ y, long long n)
+{
+    GRID_STRIDE(i, n) y[i] = __uint_as_float(((unsigned int)w[i]) << 16);
+}
+
+// y = x/2 (1 + erf(x / sqrt 2)), the exact GELU.
+extern "C" __global__ void gelu(const float* __restrict__ x, float* __restrict__ y, long long n)
+{
+    GRID_STRIDE(i, n) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+}
+
+// y = silu(g) * u = g / (1 + exp(-g)) * u, the SwiGLU gate.
+extern "C" __global__ void swiglu(const float* __restrict__ g, const float* __restrict__ u,
+                                  float* __restrict__ y, long long n)
+{
+    GRID_STRIDE(i, n) y[i] = __fmul_rn(__fdiv_rn(g[i], 1.0f + expf(-g[i])), u[i]);
+}
+
+__device__ __forceinline__ float warp_sum(float s)
+{
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    return s;
+}
+
+// One block per row r of x [R, D]: y = x / sqrt(mean(x^2) + eps) * w.
+extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __restrict__ w,
+                                    float* __restrict__ y, int D, float eps)
+{
+    __shared__ float part[32];
+    const float* xr = x + (size_t)blockIdx.x * D;
+    float* yr = y + (size_t)blockIdx.x * D;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) s = fmaf(xr[i], xr[i], s);
+    s = warp_sum(s);
+    if (lane == 0) part[warp] = s;
+    __syncthreads();
+    if (warp == 0) {
+        s = warp_sum(lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0f);
+        if (lane == 0) part[0] = s;
+    }
+    __syncthreads();
+    const float root = sqrtf(part[0] / (float)D + eps);
+    for (int i = threadIdx.x; i < D; i += blockDim.x) yr[i] = __fmul_rn(__fdiv_rn(xr[i], root), w[i]);
+}
+
+// Interleaved RoPE of x [T, H, 2*half]: pair j of every head of row t turns by
+// pos[t] * inv_freq[j] (the angle, its cosine and sine in double, then float).
+extern "C" __global__ void rope(const float* __restrict__ x, float* __restrict__ y,
+                                const long long* __restrict__ pos, const float* __restrict__ inv_freq,
+                                int H, int half, long long n_pairs)
+{
+    GRID_STRIDE(i, n_pairs) {
+        const int j = (int)(i % half);
+        const long long t = i / half / H;
+        const double angle = (double)pos[t] * (double)inv_freq[j];
+        const float c = (float)cos(angle), s = (float)sin(angle);
+        const float e = x[2 * i], o = x[2 * i + 1];
+        y[2 * i] = __fsub_rn(__fmul_rn(e, c), __fmul_rn(o, s));
+        y[2 * i + 1] = __fadd_rn(__fmul_rn(e, s), __fmul_rn(o, c));
+    }
+}
+
+// The decoder's attention for S sequences in one pass. Row t of q [R, H, hd] and of the new
+// k, v [R, Hkv, hd] belongs to sequence s, the last one whose first row <= t. Two int64
+// tables [S, 3] describe the sequences: rings (the addresses of its rings k, v [Hkv,
+// capacity, hd], the capacity) and where (its first row, that row's position, the first
+// position its ring still holds): the same `where` serves every layer of a pass.
+__device__ __forceinline__ int sequence_of(const long long* where, int S, int t)
+{
+    int s = 0;
+    while (s + 1 < S && where[(s + 1) * 3] <= t) ++s;
+    return s;
+}
+
+// Each new key and value goes to slot (position % capacity) of its sequence's ring.
+extern "C" __global__ void ring_append(const float* __restrict__ k, const float* __restrict__ v,
+                                       const long long* __restrict__ rings, const long long* __restrict__ where,
+                                       int S, int Hkv, int hd, long long n)
+{
+    GRID_STRIDE(i, n) {
+        const int d = (int)(i % hd), g = (int)(i / hd % Hkv), t = (int)(i / hd / Hkv);
+        const int s = sequence_of(where, S, t);
+        const long long position = where[3 * s + 1] + (t - where[3 * s]), capacity = rings[3 * s + 2];
+        const size_t slot = ((size_t)g * capacity + (size_t)(position % capacity)) * hd + d;
+        reinterpret_cast<float*>(rings[3 * s])[slot] = k[i];
+        reinterpret_cast<float*>(rings[3 * s + 1])[slot] = v[i];
+    }
+}
+
+// Row t (at position pos) sees positions lo = max(first_valid, pos - window + 1) .. pos of
+// its ring. Grid (H, R, splits): block z takes the keys lo + z*ATT_CHUNK onwards (at most
+// ATT_CHUNK of them); each of its 8 warps keeps an online softmax over every 8th key (lane
+// l holds dims l, l+32, ...; any hd up to 256), then the warps merge. With one split the
+// block writes the output; with more it writes its part (weighted values, their max score,
+// their sum of weights) to partial [R, H, splits, hd + 2], and merge_parts combines them.
+#define ATT_WARPS 8
+#define ATT_MAX_PER_LANE 8
+#define ATT_CHUNK 256
+#define NEG_INF __int_as_float(0xff800000)
+extern "C" __global__ void attend_rings(const float* __restrict__ q, const long long* __restrict__ rings,
+                                        const long long* __restrict__ where, float* __restrict__ out,
+                                        float* __restrict__ partial, int S, int H, int Hkv, int hd,
+                                        int window, float scale)
+{
+    __shared__ float m_w[ATT_WARPS], l_w[ATT_WARPS];
+    __shared__ float acc_w[ATT_WARPS][32 * ATT_MAX_PER_LANE];
+    const int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = h / (H / Hkv);
+    const int s = sequence_of(where, S, t);
+    const float* ring_k = reinterpret_cast<const float*>(rings[3 * s]);
+    const float* ring_v = reinterpret_cast<const float*>(rings[3 * s + 1]);
+    const long long capacity = rings[3 * s + 2], pos = where[3 * s + 1] + (t - where[3 * s]);
+    const long long lo = max(where[3 * s + 2], pos - window + 1) + (long long)blockIdx.z * ATT_CHUNK;
+    const long long hi = min(pos, lo + ATT_CHUNK - 1);
+    const float* qr = q + ((size_t)t * H + h) * hd;
+    float qv[ATT_MAX_PER_LANE], acc[ATT_MAX_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
+        qv[i] = lane + 32 * i < hd ? qr[lane + 32 * i] * scale : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float mx = NEG_INF, l = 0.0f;
+    for (long long p = lo + warp; p <= hi; p += ATT_WARPS) {
+        const size_t base = ((size_t)g * capacity + (size_t)(p % capacity)) * hd;
+        float sc = 0.0f;
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_PER_LANE; ++i)
+            if (lane + 32 * i < hd) sc = fmaf(qv[i], ring_k[base + lane + 32 * i], sc);
+        sc = warp_sum(sc);
+        const float m_new = fmaxf(mx, sc);
+        const float keep = expf(mx - m_new), weight = expf(sc - m_new);
+        l = l * keep + weight;
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_PER_LANE; ++i)
+            if (lane + 32 * i < hd) acc[i] = fmaf(weight, ring_v[base + lane + 32 * i], acc[i] * keep);
+        mx = m_new;
+    }
+    if (lane == 0) { m_w[warp] = mx; l_w[warp] = l; }
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_PER_LANE; ++i)
+        if (lane + 32 * i < hd) acc_w[warp][lane + 32 * i] = acc[i];
+    __syncthreads();
+    float top = NEG_INF;
+    for (int w = 0; w < ATT_WARPS; ++w) top = fmaxf(top, m_w[w]);
+    float total = 0.0f;
+    for (int w = 0; w < ATT_WARPS; ++w) total += l_w[w] > 0.0f ? l_w[w] * expf(m_w[w] - top) : 0.0f;
+    const size_t row_head = (size_t)t * H + h;
+    float* part = partial + (row_head * gridDim.z + blockIdx.z) * (hd + 2);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float sum = 0.0f;
+        for (int w = 0; w < ATT_WARPS; ++w)
+            if (l_w[w] > 0.0f) sum = fmaf(acc_w[w][d], expf(m_w[w] - top), sum);
+        if (gridDim.z == 1) out[row_head * hd + d] = sum / total;
+        else part[d] = sum;
+    }
+    if (gridDim.z > 1 && threadIdx.x == 0) { part[hd] = top; part[hd + 1] = total; }
+}
+
+// out [R, H, hd] from the splits' parts of attend_rings: block (h, t).
+extern "C" __global__ void merge_parts(const float* __restrict__ partial, float* __restrict__ out,
+                                       int H, int hd, int splits)
+{
+    const size_t row_head = (size_t)blockIdx.y * H + blockIdx.x;
+    const float* parts = partial + row_head * splits * (hd + 2);
+    float top = NEG_INF, total = 0.0f;
+    for (int z = 0; z < splits; ++z)
+        if (parts[z * (hd + 2) + hd + 1] > 0.0f) top = fmaxf(top, parts[z * (hd + 2) + hd]);
+    for (int z = 0; z < splits; ++z) {
+        const float* p = parts + z * (hd + 2);
+        if (p[hd + 1] > 0.0f) total = fmaf(p[hd + 1], expf(p[hd] - top), total);
+    }
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float sum = 0.0f;
+        for (int z = 0; z < splits; ++z) {
+            const float* p = parts + z * (hd + 2);
+            if (p[hd + 1] > 0.0f) sum = fmaf(p[d], expf(p[hd] - top), sum);
+        }
+        out[row_head * hd + d] = sum / total;
+    }
+}
 """
+KERNEL_NAMES = ("bf16_rows", "widen", "gelu", "swiglu", "rms_norm", "rope", "ring_append", "attend_rings", "merge_parts")
 _BF16_ROWS_PER_WARP = 2
 _WARPS_PER_BLOCK = 4
+_ELEMENTWISE_THREADS = 256
+_ATTENTION_THREADS = 256      # ATT_WARPS warps
+_ATTENTION_MAX_HEAD_DIM = 256  # 32 lanes x ATT_MAX_PER_LANE
+_ATTENTION_CHUNK = 256         # ATT_CHUNK: keys per block of attend_rings
+_TABLES_KEPT = 4096            # sequence tables kept on the device (a few bytes each)
+
+
+def compile_error_line(log: str) -> str:
+    """One line for a failed compile: the kernel holding the first error and the error.
+    NVRTC logs errors as `NAME.cu(LINE): error: TEXT`."""
+    found = re.search(r"\((\d+)\): (?:catastrophic )?error:\s*(.*)", log)
+    if not found:
+        return f"the cupy backend's CUDA kernels could not be built: {_first_line(Exception(log))}"
+    line, text = int(found.group(1)), found.group(2).strip()
+    kernel = "voxnp's CUDA module"
+    for source_line in CUDA_SOURCE.splitlines()[:line]:
+        declared = re.search(r"__global__ void (\w+)\(", source_line)
+        if declared:
+            kernel = f"kernel {declared.group(1)}"
+    return f"the cupy backend's {kernel} failed to compile (line {line}): {text}"
 
 
 class CudaKernels:
-    """The backend's custom kernels, compiled on first use (NVRTC, cached by CuPy)."""
+    """The backend's custom kernels: `CUDA_SOURCE` compiled once (NVRTC, cached by CuPy)."""
 
     def __init__(self, cp):
         self.cp = cp
-        self._bf16_rows = cp.RawKernel(_BF16_ROWS_SOURCE, "bf16_rows")
-        self._widen = cp.ElementwiseKernel("uint16 w", "float32 y",
-                                           "y = __uint_as_float(((unsigned int)w) << 16)", "voxnp_widen")
-        self._gelu = cp.ElementwiseKernel("float32 x", "float32 y",
-                                          "y = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f))", "voxnp_gelu")
+        try:
+            module = cp.RawModule(code=CUDA_SOURCE)
+            self._f = {name: module.get_function(name) for name in KERNEL_NAMES}
+            self._tables = {}
+        except Exception as e:   # cupy.cuda.compiler.CompileException, a driver without NVRTC, ...
+            raise VoxnpError(compile_error_line(str(e))) from None
+
+    def _elementwise(self, name, n, *args):
+        blocks = max(1, min(-(-n // _ELEMENTWISE_THREADS), 65536))
+        self._f[name]((blocks,), (_ELEMENTWISE_THREADS,), args + (np.int64(n),))
 
     def bf16_rows(self, x, w):
         """x [T, K] float32 (T <= FEW_ROWS), w [N, K] BF16 bits -> x @ float32(w).T [T, N]."""
@@ -165,24 +384,94 @@ class CudaKernels:
         y = cp.empty((T, N), cp.float32)
         warps = -(-N // _BF16_ROWS_PER_WARP)
         blocks = -(-warps // _WARPS_PER_BLOCK)
-        self._bf16_rows((blocks,), (32 * _WARPS_PER_BLOCK,),
-                        (x, w, y, np.int32(T), np.int32(N), np.int32(K), np.int32(vec)))
+        self._f["bf16_rows"]((blocks,), (32 * _WARPS_PER_BLOCK,),
+                             (x, w, y, np.int32(T), np.int32(N), np.int32(K), np.int32(vec)))
         return y
 
     def widen(self, w, out=None):
         """float32(w) for BF16 bits w (any shape), written into the front of `out` if given."""
-        if out is None:
-            return self._widen(w)
-        return self._widen(w, out[:w.size].reshape(w.shape))
+        w = self.cp.ascontiguousarray(w)
+        y = self.cp.empty(w.shape, np.float32) if out is None else out[:w.size].reshape(w.shape)
+        self._elementwise("widen", w.size, w, y)
+        return y
 
     def gelu(self, x):
         """Exact GELU, x/2 (1 + erf(x / sqrt 2)), in float32."""
-        return self._gelu(x)
+        x = self.cp.ascontiguousarray(x, dtype=np.float32)
+        y = self.cp.empty_like(x)
+        self._elementwise("gelu", x.size, x, y)
+        return y
+
+    def swiglu(self, gate, up):
+        """silu(gate) * up, one pass."""
+        cp = self.cp
+        gate, up = cp.ascontiguousarray(gate, dtype=np.float32), cp.ascontiguousarray(up, dtype=np.float32)
+        y = cp.empty_like(gate)
+        self._elementwise("swiglu", gate.size, gate, up, y)
+        return y
+
+    def rms_norm(self, x, w, eps: float):
+        """x [..., D] / sqrt(mean(x^2) + eps) * w [D] (float32), one block per row."""
+        cp = self.cp
+        x = cp.ascontiguousarray(x, dtype=np.float32)
+        D = x.shape[-1]
+        y = cp.empty_like(x)
+        self._f["rms_norm"]((max(1, x.size // D),), (256,), (x, w, y, np.int32(D), np.float32(eps)))
+        return y
+
+    def rope(self, x, positions, inv_freq):
+        """Interleaved RoPE of x [T, H, hd] at positions [T] (int64) with inv_freq [hd/2]."""
+        cp = self.cp
+        x = cp.ascontiguousarray(x, dtype=np.float32)
+        T, H, hd = x.shape
+        y = cp.empty_like(x)
+        pos = cp.ascontiguousarray(positions, dtype=np.int64)
+        self._elementwise("rope", T * H * (hd // 2), x, y, pos, inv_freq, np.int32(H), np.int32(hd // 2))
+        return y
+
+    def append_and_attend(self, q, k, v, rings, rows, first_positions, first_valid, window: int):
+        """Sequence s's rows (rows[s]) of k, v [R, Hkv, hd] go into its rings (ring_k, ring_v
+        [Hkv, capacity, hd]) from position first_positions[s] on, then every row of q
+        [R, H, hd] attends over its ring, positions first_valid[s] on. -> [R, H, hd]"""
+        cp = self.cp
+        R, H, hd = q.shape
+        Hkv = k.shape[1]
+        if hd > _ATTENTION_MAX_HEAD_DIM:
+            raise ValueError(f"the ring attention kernel takes heads of up to {_ATTENTION_MAX_HEAD_DIM}, got {hd}")
+        table = self._table(tuple((rk.data.ptr, rv.data.ptr, rk.shape[1]) for rk, rv in rings))
+        where = self._table(tuple((r.start, p, f) for r, p, f in zip(rows, first_positions, first_valid)))
+        S = np.int32(len(rows))
+        k, v = cp.ascontiguousarray(k, dtype=np.float32), cp.ascontiguousarray(v, dtype=np.float32)
+        self._elementwise("ring_append", k.size, k, v, table, where, S, np.int32(Hkv), np.int32(hd))
+        # the most keys a row sees sets the splits (blocks per row and head)
+        seen = max(min(window, p + (r.stop - r.start) - f) for r, p, f in zip(rows, first_positions, first_valid))
+        splits = -(-seen // _ATTENTION_CHUNK)
+        q = cp.ascontiguousarray(q, dtype=np.float32)
+        out = cp.empty_like(q)
+        partial = cp.empty((R, H, splits, hd + 2) if splits > 1 else 1, np.float32)
+        self._f["attend_rings"]((H, R, splits), (_ATTENTION_THREADS,),
+                                (q, table, where, out, partial, S, np.int32(H), np.int32(Hkv), np.int32(hd),
+                                 np.int32(window), np.float32(1.0 / np.sqrt(hd))))
+        if splits > 1:
+            self._f["merge_parts"]((H, R), (128,), (partial, out, np.int32(H), np.int32(hd), np.int32(splits)))
+        return out
+
+    def _table(self, values: tuple):
+        """A small int64 table on the device, uploaded once per distinct content: the
+        rings of a layer change only when they grow, and one `where` serves all layers of
+        a pass, so a pass uploads one table, not one per layer (each upload waits for the GPU)."""
+        table = self._tables.get(values)
+        if table is None:
+            if len(self._tables) >= _TABLES_KEPT:
+                self._tables.clear()
+            table = self._tables[values] = self.cp.asarray(np.array(values, dtype=np.int64))
+        return table
 
 
 class KernelTwins:
     """The plain NumPy definitions of `CudaKernels` (same signatures): the tests run
-    the backend through a NumPy stand-in for CuPy with these."""
+    the backend through a NumPy stand-in for CuPy with these, and hold the CUDA
+    kernels to them on a GPU (bench/gpu.py)."""
 
     def bf16_rows(self, x, w):
         return ops.linear(np.asarray(x, np.float32), w)
@@ -196,6 +485,34 @@ class KernelTwins:
 
     def gelu(self, x):
         return ops.gelu(x)
+
+    def swiglu(self, gate, up):
+        return ops.swiglu(gate, up)
+
+    def rms_norm(self, x, w, eps: float):
+        ms = np.mean(np.square(x), axis=-1, keepdims=True)
+        return (x / np.sqrt(ms + np.float32(eps)) * w).astype(np.float32)
+
+    def rope(self, x, positions, inv_freq):
+        return ops.rope(x, np.asarray(positions), np.asarray(inv_freq))
+
+    def append_and_attend(self, q, k, v, rings, rows, first_positions, first_valid, window: int):
+        R, H, hd = q.shape
+        Hkv = k.shape[1]
+        out = np.empty((R, H, hd), np.float32)
+        for (ring_k, ring_v), r, first, lowest in zip(rings, rows, first_positions, first_valid):
+            capacity = ring_k.shape[1]
+            slots = (first + np.arange(r.stop - r.start)) % capacity
+            ring_k[:, slots], ring_v[:, slots] = k[r].transpose(1, 0, 2), v[r].transpose(1, 0, 2)
+            for t in range(r.start, r.stop):
+                pos = first + t - r.start
+                seen = np.arange(max(lowest, pos - window + 1), pos + 1) % capacity   # visible slots
+                for h in range(H):
+                    g = h // (H // Hkv)
+                    scores = ring_k[g, seen] @ q[t, h] / np.float32(np.sqrt(hd))     # [n]
+                    p = np.exp(scores - scores.max())
+                    out[t, h] = (p / p.sum()) @ ring_v[g, seen]
+        return out
 
 
 # ---------------------------------------------------------------------------
@@ -358,16 +675,14 @@ class CupyBackend:
     # -- elementwise ops and norms
 
     def rms_norm(self, x, weight, eps: float):
-        """x / sqrt(mean(x^2) + eps) * w over the last axis, in float32."""
-        xp = self.xp
-        ms = xp.mean(xp.square(x), axis=-1, keepdims=True)
-        return x / xp.sqrt(ms + np.float32(eps)) * self.weights.float32(weight)
+        """x / sqrt(mean(x^2) + eps) * w over the last axis, in float32 (one kernel)."""
+        return self.kernels.rms_norm(x, self.weights.float32(weight), eps)
 
     def gelu(self, x):
         return self.kernels.gelu(x)
 
-    def silu(self, x):
-        return x / (np.float32(1.0) + self.xp.exp(-x))
+    def swiglu(self, gate, up):
+        return self.kernels.swiglu(gate, up)
 
     def embed(self, table, ids):
         """Rows of a BF16 embedding table [vocab, dim] -> float32 [n, dim] on the device."""
@@ -377,8 +692,8 @@ class CupyBackend:
     rope_frequencies = staticmethod(ops.rope_frequencies)
 
     def rope(self, x, positions, inv_freq):
-        """`ops.rope` on the device arrays (angles in float64)."""
-        return ops.rope(x, self.xp.asarray(positions), self.weights.constant(inv_freq), xp=self.xp)
+        """`ops.rope` in one kernel (angles, cosines and sines in float64)."""
+        return self.kernels.rope(x, self.xp.asarray(positions), self.weights.constant(inv_freq))
 
     # -- attention over the rings (read in place: the visible window only)
 
@@ -397,15 +712,25 @@ class CupyBackend:
             out[c0:c1] = self._attend(q[c0:c1], parts, L + c0, window)
         return out.reshape(T, H * hd)
 
-    def attention_in_cache(self, q, cache, window: int):
-        """Same contract as `ops.attention_in_cache` (the decoder: the T rows are appended)."""
-        T, H, hd = q.shape
-        L = cache.length
-        if T > cache.spare + 1 and L > cache.capacity:
-            raise ValueError(f"{T} positions appended at once to a ring with {cache.spare} spare slots")
-        first = max(L - T - window + 1, L - cache.n_valid())
-        parts = [(cache.k[:, s:s + n], cache.v[:, s:s + n], p) for p, s, n in cache.slot_runs(first, L)]
-        return self._attend(q, parts, L - T, window).reshape(T, H * hd)
+    def append_and_attend(self, q, k, v, caches, rows, window: int):
+        """Same contract as `ops.append_and_attend`: every sequence in one append and one
+        attention kernel (a pass costs the same few launches for 1 or 8 streams)."""
+        R, H, hd = q.shape
+        firsts = []
+        for cache, r in zip(caches, rows):
+            T = int(r.stop - r.start)
+            if T > cache.spare + 1 and cache.length + T > cache.full_capacity:
+                raise ValueError(f"{T} positions appended at once to a ring with {cache.spare} spare slots")
+            cache.make_room(cache.length + T)
+            firsts.append(cache.length)
+        rings = [(cache.k, cache.v) for cache in caches]
+        lowest = [max(0, first + r.stop - r.start - cache.capacity)
+                  for cache, r, first in zip(caches, rows, firsts)]                  # oldest position held after
+        out = self.kernels.append_and_attend(q, k, v, rings, rows, firsts, lowest, window)
+        for cache, r in zip(caches, rows):
+            cache.length += int(r.stop - r.start)
+            cache.appended = cache.length
+        return out.reshape(R, H * hd)
 
     def _attend(self, q, parts, first_pos: int, window: int):
         """Queries at first_pos.. [C, H, hd] over key runs [(k, v [Hkv, n, hd], first position)]

@@ -12,13 +12,18 @@ taking them back is `truncate(length)`: the slots are simply overwritten later.
 
 The buffers live where the backend computes: `xp` is its array namespace (NumPy, or
 CuPy for rings on the GPU). Positions first..last-1 occupy at most two contiguous slot
-ranges (`slot_runs`), so appends and reads are slices, never gathers.
+ranges (`slot_runs`), so appends and reads are slices, never gathers. A host ring takes
+memory only where written (an anonymous map); a device ring starts at DEVICE_START
+slots and doubles, before it first wraps, up to its full capacity, so a short stream
+holds megabytes of GPU memory, not the 1.7 GB of a full decoder window.
 """
 from __future__ import annotations
 
 import mmap
 
 import numpy as np
+
+DEVICE_START = 256  # slots of a new device ring (it doubles as positions arrive)
 
 
 def ring_buffer(xp, shape: tuple) -> np.ndarray:
@@ -34,10 +39,11 @@ def ring_buffer(xp, shape: tuple) -> np.ndarray:
 
 class KVCache:
     def __init__(self, window: int, n_kv_heads: int, head_dim: int, spare: int = 0, xp=np):
-        capacity = window + spare
         self.window = window
         self.spare = spare
-        self.capacity = capacity
+        self.full_capacity = window + spare
+        capacity = self.full_capacity if xp is np else min(self.full_capacity, DEVICE_START + spare)
+        self.capacity = capacity             # slots now (a device ring grows to full_capacity)
         self.xp = xp                         # the backend's array namespace (numpy or cupy)
         self.k = ring_buffer(xp, (n_kv_heads, capacity, head_dim))  # [Hkv, W, hd]
         self.v = ring_buffer(xp, (n_kv_heads, capacity, head_dim))
@@ -57,9 +63,25 @@ class KVCache:
             p += n
         return runs
 
+    def make_room(self, n_positions: int) -> None:
+        """Grow a ring that has not wrapped yet so that it holds n_positions (up to its
+        full capacity). Before the first wrap position p sits in slot p, so the slots
+        written so far move over as they are."""
+        if n_positions <= self.capacity or self.capacity == self.full_capacity:
+            return
+        capacity = min(self.full_capacity, max(2 * self.capacity, n_positions))
+        held = min(self.appended, self.capacity)
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = ring_buffer(self.xp, (old.shape[0], capacity, old.shape[2]))
+            new[:, :held] = old[:, :held]
+            setattr(self, name, new)
+        self.capacity = capacity
+
     def append(self, k, v) -> None:
         """Store T new positions; k, v [T, Hkv, hd]. Only the last `capacity` matter."""
         T = k.shape[0]
+        self.make_room(self.length + T)
         first = max(0, T - self.capacity)
         for p, slot, n in self.slot_runs(self.length + first, self.length + T):
             i = p - self.length                                   # row of k, v
@@ -109,6 +131,8 @@ class KVCache:
 
     def restore(self, snap: tuple) -> None:
         k, v, length = snap
+        length = int(length)
+        self.make_room(length)
         for p, slot, n in self.slot_runs(length - k.shape[1], length):
             i = p - (length - k.shape[1])                         # column of the snapshot
             self.k[:, slot:slot + n, :] = self.xp.asarray(k[:, i:i + n])

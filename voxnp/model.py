@@ -72,10 +72,11 @@ class Model:
 
 
 def encoder_matrices(w: Weights) -> list:
-    """The encoder matrices worth a float32 copy: the feed-forward ones (two thirds of
-    the encoder's weights), the stem's second conv and the adapter. The attention
-    projections are widened block by block instead, which keeps the copy at 2.6 GB
-    for the real model (anonymous memory for a 60 s file stays under 6 GB)."""
+    """The encoder matrices the GPU backend keeps float32 copies of (its `keep_float32`;
+    2.6 GB of device memory for the real model): the feed-forward ones (two thirds of
+    the encoder's weights), the stem's second conv and the adapter. The CPU backends
+    keep no copy: bf16 widens each matrix per call into one reused buffer, int8 and q4
+    run the encoder on int8 weights (quant.ENCODER_PLAN)."""
     mats = [w.encoder.conv2, w.adapter.w_in, w.adapter.w_out]
     for layer in w.encoder.layers:
         mats += [layer.w1, layer.w3, layer.w2]
@@ -101,9 +102,9 @@ def load(model_dir: str | Path | None = None, backend: str = "auto", threads: in
          encoder_float32: bool | None = None, weights: str = "bf16", progress: bool | None = None) -> Model:
     """Open a model directory (params.json, tekken.json, consolidated.safetensors).
 
-    encoder_float32: let the backend keep float32 copies of the encoder's big matrices
-    (ops.keep_float32: the GPU backend keeps them on the device; the CPU backends keep
-    none, widening costs them ~5%). Default: $VOXNP_ENCODER_F32 (1/0), else on.
+    encoder_float32: the GPU backend (cupy) keeps float32 copies of the encoder's big
+    matrices on the device (encoder_matrices). Default: $VOXNP_ENCODER_F32 (1/0), else
+    on. The CPU backends have no such copies and ignore it.
     weights: "bf16" (the checkpoint, the reference), "int8" or "q4": the decoder's
     matrices quantized (see quant.py), converted once and mapped (see quant_file.py);
     progress: show the conversion's progress bar (default: when stderr is a terminal).
@@ -124,8 +125,9 @@ def load(model_dir: str | Path | None = None, backend: str = "auto", threads: in
     ops = get_backend(backend, threads=threads)
     if encoder_float32 is None:
         encoder_float32 = os.environ.get("VOXNP_ENCODER_F32", "1") != "0"
-    if encoder_float32:
-        ops.keep_float32(encoder_matrices(model_weights))
+    keep_float32 = getattr(ops, "keep_float32", None)     # the GPU backend's only
+    if keep_float32 is not None and encoder_float32:
+        keep_float32(encoder_matrices(model_weights))
     return Model(
         path=path, config=config, weights=model_weights, tokenizer=tokenizer, ops=ops,
         encoder_inv_freq=rope_frequencies(config.encoder.head_dim, config.encoder.rope_theta),

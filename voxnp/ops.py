@@ -29,10 +29,6 @@ def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.n
     return y.astype(np.float32, copy=False)
 
 
-def keep_float32(weights) -> None:
-    """Hint that these matrices are used with many rows (the plain version ignores it)."""
-
-
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x / sqrt(mean(x^2) + eps) * w over the last axis, in float32."""
     ms = np.mean(np.square(x), axis=-1, keepdims=True)
@@ -48,6 +44,11 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
 def silu(x: np.ndarray) -> np.ndarray:
     return (x / (1.0 + np.exp(-x))).astype(np.float32)
+
+
+def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """The SwiGLU product of the feed-forward: silu(gate) * up."""
+    return silu(gate) * up
 
 
 def embed(table: np.ndarray, ids) -> np.ndarray:
@@ -98,6 +99,22 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache, window: int) -
         p = np.exp(scores - scores.max(axis=1, keepdims=True))
         out[:, h, :] = (p / p.sum(axis=1, keepdims=True)) @ values[h // group]
     return out.reshape(T, H * hd)
+
+
+def append_and_attend(q, k, v, caches, rows: list[slice], window: int, attend=None):
+    """The decoder's attention for several sequences in one pass.
+
+    rows[s] are sequence s's new positions in q [R, H, hd] and k, v [R, Hkv, hd]: their
+    keys and values are appended to its ring caches[s], then each of its rows attends
+    over that ring (`attention_in_cache`, or the backend's `attend`). -> [R, H * hd]
+    """
+    attend = attend or attention_in_cache
+    R, H, hd = q.shape
+    out = np.empty((R, H * hd), np.float32)
+    for cache, r in zip(caches, rows):
+        cache.append(k[r], v[r])
+        out[r] = attend(q[r], cache, window)
+    return out
 
 
 def attention_in_cache(q: np.ndarray, cache, window: int) -> np.ndarray:

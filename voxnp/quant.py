@@ -4,7 +4,7 @@ A weight matrix W [out, in] is either a BF16 view (weights.py) or a `QuantizedMa
 `ops.linear` and `kernels.linear` dispatch on that and the model code never knows.
 Every format is one table entry, as in ggml: the block size, how to quantize, how to
 dequantize, and the product, written here in NumPy as the definition; the fast twins
-are in _quant.h (AVX2 with a portable fallback) and the tests hold them to these.
+are in _quant.h (a variant per kernel set, cpu.py) and the tests hold them to these.
 
 Formats of one matrix (rows padded with zeros to whole blocks):
   int8  symmetric int8, one float32 scale per group of 128 inputs:
@@ -34,7 +34,7 @@ from .errors import VoxnpError
 from .weights import bf16_to_f32
 
 WEIGHT_FORMATS = ("bf16", "int8", "q4")
-FORMAT_VERSION = 1                  # bumped whenever a format's bytes change (old files are rebuilt)
+FORMAT_VERSION = 2                  # bumped whenever a format's bytes change (old files are rebuilt)
 
 ACT_LEVELS = 32767                  # activations: int16, symmetric
 ACT_FLOOR = np.float32(1e-30)       # a block of activations smaller than this is zero
@@ -130,11 +130,11 @@ class Int8:
         scales = (m.arrays["scale"][None, :, :] * xs[:, None, :]).astype(np.float32)  # [T, n, ng]
         return (scales.astype(np.float64) * dots).sum(axis=2).astype(np.float32)
 
-    def kernel(self, m: "QuantizedMatrix", x: np.ndarray, y: np.ndarray, threads: int, portable=False) -> None:
-        """y [T, n] = product(x [T, k], m) by _quant.h (T <= FEW_ROWS)."""
+    def kernel(self, m: "QuantizedMatrix", x: np.ndarray, y: np.ndarray, threads: int) -> None:
+        """y [T, n] = product(x [T, k], m) by _quant.h (T <= FEW_ROWS; the kernel set of cpu.py)."""
         from ._kernels import matmul_q8
 
-        matmul_q8(m.arrays["q"], m.arrays["scale"], x, y, threads, portable)
+        matmul_q8(m.arrays["q"], m.arrays["scale"], x, y, threads)
 
     def kernel_dequantize(self, m: "QuantizedMatrix", r0: int, r1: int, out: np.ndarray) -> None:
         """out[:r1-r0, :k] = dequantize(m)[r0:r1] by _quant.h."""
@@ -224,10 +224,10 @@ class Q4K:
         y = d_x.astype(np.float64) * qsum - dmin_x.astype(np.float64) * msum
         return y.sum(axis=2).astype(np.float32)
 
-    def kernel(self, m: "QuantizedMatrix", x: np.ndarray, y: np.ndarray, threads: int, portable=False) -> None:
+    def kernel(self, m: "QuantizedMatrix", x: np.ndarray, y: np.ndarray, threads: int) -> None:
         from ._kernels import matmul_q4k
 
-        matmul_q4k(m.arrays["qs"], self._meta_bytes(m), x, y, threads, portable)
+        matmul_q4k(m.arrays["qs"], self._meta_bytes(m), x, y, threads)
 
     def kernel_dequantize(self, m: "QuantizedMatrix", r0: int, r1: int, out: np.ndarray) -> None:
         from ._kernels import dequantize_q4k
@@ -239,8 +239,92 @@ class Q4K:
         return m.arrays["meta"].view(np.uint8).reshape(m.shape[0], -1)
 
 
-INT8, Q4K_FORMAT = Int8(), Q4K()
-MATRIX_FORMATS = {f.name: f for f in (INT8, Q4K_FORMAT)}
+# ---------------------------------------------------------------------------
+# i8rows: the encoder's format, int8 with one scale per output row, packed for VNNI
+
+
+class Int8Rows:
+    """Many-row products (the encoder: hundreds of positions per call) on the CPU's int8
+    dot products: symmetric int8 weights with one float32 scale per output row, and the
+    activations quantized per row at each call (CTranslate2's scheme):
+
+        y[m, n] = float32(sum_j xq[m, j] wq[n, j]) * (xs[m] * ws[n])
+        xs[m] = max_j |x[m, j]| / 127, xq = rint(x / xs)     (int8, per row)
+
+    The integer sums are exact, so every kernel set of _igemm.h gives these bits.
+    Stored packed for the kernels: "q" [np, kp] int8 holds blocks of 16 output rows with
+    the inputs in quads ([np/16][kp/4][16][4]: 16 rows of the array are one block, so
+    slicing rows at multiples of 16 slices blocks); "scale" and "qsum" (sum of a row's
+    q) [np]; np, kp: n, k rounded up to 16 and 4.
+    """
+    name = "i8rows"
+    block = 16                     # output rows per packed block
+    quad = 4                       # inputs per packed group
+    levels = 127
+
+    def bytes_per_weight(self) -> float:
+        return 1.0
+
+    def arrays(self, n: int, k: int) -> dict[str, tuple[np.dtype, tuple]]:
+        npad, kp = -(-n // self.block) * self.block, -(-k // self.quad) * self.quad
+        return {"q": (np.dtype(np.int8), (npad, kp)), "scale": (np.dtype(np.float32), (npad,)),
+                "qsum": (np.dtype(np.int32), (npad,))}
+
+    def quantize(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        """w [n, k] float32 -> packed q, per-row scale, per-row sum of q; |w - scale q| <= scale/2."""
+        n, k = w.shape
+        (_, (npad, kp)) = self.arrays(n, k)["q"]
+        wp = np.zeros((npad, kp), np.float32)
+        wp[:n, :k] = w
+        amax = np.abs(wp).max(axis=1).astype(np.float64)                       # [np]
+        scale = _round_up_f32(amax / self.levels)
+        safe = np.where(scale > 0, scale, 1).astype(np.float64)
+        q = np.clip(np.rint(wp / safe[:, None]), -self.levels, self.levels).astype(np.int8)
+        return {"q": self._pack(q), "scale": scale, "qsum": q.sum(axis=1, dtype=np.int32)}
+
+    def _pack(self, q: np.ndarray) -> np.ndarray:
+        """Plain rows [np, kp] -> packed [np/16][kp/4][16][4], as an [np, kp] array."""
+        npad, kp = q.shape
+        return np.ascontiguousarray(q.reshape(npad // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3)).reshape(npad, kp)
+
+    def unpack(self, packed: np.ndarray) -> np.ndarray:
+        """Packed [np, kp] -> plain rows of q [np, kp]."""
+        npad, kp = packed.shape
+        return packed.reshape(npad // 16, kp // 4, 16, 4).transpose(0, 2, 1, 3).reshape(npad, kp)
+
+    def dequantize(self, m: "QuantizedMatrix") -> np.ndarray:
+        n, k = m.shape
+        return (self.unpack(m.arrays["q"]).astype(np.float32) * m.arrays["scale"][:, None])[:n, :k]
+
+    def quantize_activations(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """x [M, k] float32 -> xq int8 [M, k], xs float32 [M]: x ~ xs * xq. A row with a NaN
+        or an infinity gets xs = NaN, an all-zero row xs = 0."""
+        finite = np.isfinite(x).all(axis=1)
+        amax = np.where(finite, np.abs(np.where(np.isfinite(x), x, 0)).max(axis=1, initial=0), 0).astype(np.float32)
+        live = finite & (amax >= ACT_FLOOR)
+        inv = np.float32(self.levels) / np.where(live, amax, 1).astype(np.float32)        # float32
+        xq = np.where(live[:, None], np.rint(np.where(np.isfinite(x), x, 0) * inv[:, None]), 0)
+        xs = np.where(live, amax / np.float32(self.levels), np.where(finite, 0, np.nan)).astype(np.float32)
+        return xq.astype(np.int8), xs
+
+    def product(self, x: np.ndarray, m: "QuantizedMatrix") -> np.ndarray:
+        """x [M, k] float32 -> [M, n]: float32(exact integer dot) * (xs * ws)."""
+        n, k = m.shape
+        xq, xs = self.quantize_activations(x)
+        q = self.unpack(m.arrays["q"])[:n, :k]
+        dots = xq.astype(np.float64) @ q.T.astype(np.float64)                   # exact: < 2^53
+        scales = (xs[:, None] * m.arrays["scale"][None, :n]).astype(np.float32)
+        return dots.astype(np.float32) * scales
+
+    def kernel(self, m: "QuantizedMatrix", x: np.ndarray, y: np.ndarray, threads: int) -> None:
+        """y [M, n] = product(x [M, k], m) by _igemm.h (any number of rows; the kernel set of cpu.py)."""
+        from ._kernels import matmul_i8rows
+
+        matmul_i8rows(m.arrays["q"], m.arrays["scale"], m.arrays["qsum"], x, y, threads)
+
+
+INT8, Q4K_FORMAT, INT8_ROWS = Int8(), Q4K(), Int8Rows()
+MATRIX_FORMATS = {f.name: f for f in (INT8, Q4K_FORMAT, INT8_ROWS)}
 
 # Per model format: the matrix format of each decoder matrix (fields of DecoderLayerWeights)
 # and of the tied head (DecoderWeights.lm_head). Norms, ada-norm MLPs and the token
@@ -251,12 +335,17 @@ PLANS = {
     "q4": {"wq": Q4K_FORMAT, "wk": Q4K_FORMAT, "wv": Q4K_FORMAT, "wo": INT8,
            "w1": Q4K_FORMAT, "w3": Q4K_FORMAT, "w2": Q4K_FORMAT, "lm_head": INT8},
 }
+# Every quantized model format also runs the encoder layers' matrices (fields of
+# EncoderLayerWeights) on int8 dot products: they are multiplied by hundreds of rows at
+# once, so compute, not the bytes read, is their cost, and 4 bits would save nothing.
+# The conv stem, the biases and the adapter stay BF16.
+ENCODER_PLAN = {field: INT8_ROWS for field in ("wq", "wk", "wv", "wo", "w1", "w3", "w2")}
 
 
 @dataclass(frozen=True, eq=False)
 class QuantizedMatrix:
     """A weight matrix W [out, in] in a quantized format (its arrays usually mmap'd)."""
-    format: Int8 | Q4K
+    format: Int8 | Q4K | Int8Rows
     shape: tuple[int, int]            # (out, in) of the matrix it stands for
     arrays: dict                      # the format's arrays (see its `arrays()`), rows padded
 
@@ -306,13 +395,15 @@ def reference_linear(x: np.ndarray, w: QuantizedMatrix, bias=None, rows_per_pass
 def fast_linear(x: np.ndarray, w: QuantizedMatrix, bias=None, threads: int = 1) -> np.ndarray:
     """The same product by the compiled kernels: x [..., in] -> [..., out].
 
-    Up to FEW_ROWS rows: the fused kernel (weights read once for all rows; each row's
-    result bit-identical to a call with that row alone). More rows (a prompt): blocks of
-    weight rows dequantized to float32 and multiplied by BLAS (float activations).
+    i8rows (the encoder's format): its int8 GEMM, any number of rows. The decoder's
+    formats: up to FEW_ROWS rows, the fused kernel (weights read once for all rows; each
+    row's result bit-identical to a call with that row alone); more rows (a prompt):
+    blocks of weight rows dequantized to float32 and multiplied by BLAS (float
+    activations).
     """
     n, k = w.shape
     rows = np.ascontiguousarray(x.reshape(-1, k), dtype=np.float32)
-    if rows.shape[0] <= FEW_ROWS:
+    if rows.shape[0] <= FEW_ROWS or w.format is INT8_ROWS:
         y = np.empty((rows.shape[0], n), np.float32)
         w.format.kernel(w, rows, y, threads)
         return _finish(y, x, n, bias)

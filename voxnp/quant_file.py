@@ -1,7 +1,7 @@
 """Quantized weights on disk: converted once from the BF16 checkpoint, then memory-mapped.
 
 A quantized model is one safetensors file holding, for every matrix the plan quantizes
-(quant.PLANS), the format's arrays ("decoder.layers.3.wq.q", "...scale", ...). Its
+(quant.PLANS for the decoder, quant.ENCODER_PLAN for the encoder), the format's arrays ("decoder.layers.3.wq.q", "...scale", ...). Its
 metadata names the weight format, quant.FORMAT_VERSION and the identity of the model
 file it was made from (size, header and sampled data, so a copied model still matches
 and another model never does). Opening checks all of that and the file's size, then
@@ -37,9 +37,10 @@ from . import quant
 from .errors import VoxnpError
 from .weights import SafetensorsFile, Weights, read_header
 
-DTYPES = {np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8", np.dtype(np.float32): "F32"}
+DTYPES = {np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8", np.dtype(np.float32): "F32", np.dtype(np.int32): "I32"}
 IDENTITY_SAMPLES = 16            # 64 KiB pieces of the model file hashed into its identity
 CHUNK_WEIGHTS = 1 << 20          # weights quantized per task (a few MB of temporaries each)
+CHUNK_ROWS = 16                  # chunks start at whole blocks of i8rows' packed rows
 
 
 def model_identity(weights_path: Path) -> str:
@@ -82,6 +83,8 @@ def _plan(weights: Weights, fmt: str) -> list[tuple[str, np.ndarray, quant.Int8 
         out += [(f"decoder.layers.{i}.{field}", getattr(layer, field), f)
                 for field, f in plan.items() if field != "lm_head"]
     out.append(("decoder.lm_head", weights.decoder.lm_head, plan["lm_head"]))
+    for i, layer in enumerate(weights.encoder.layers):
+        out += [(f"encoder.layers.{i}.{field}", getattr(layer, field), f) for field, f in quant.ENCODER_PLAN.items()]
     return out
 
 
@@ -139,7 +142,7 @@ def _convert(st: SafetensorsFile, weights: Weights, fmt: str, target: Path, prog
         workers = os.cpu_count() or 1
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for name, src, f in plan:
-                rows = max(1, CHUNK_WEIGHTS // src.shape[1])
+                rows = max(1, CHUNK_WEIGHTS // src.shape[1] // CHUNK_ROWS) * CHUNK_ROWS
                 pending = deque()                        # at most 2 chunks per core in flight
                 for r0 in range(0, src.shape[0], rows):
                     pending.append(pool.submit(_quantize_chunk, src, r0, rows, f, name))
@@ -272,4 +275,8 @@ def quantized_weights(weights: Weights, qfile: QuantizedFile) -> Weights:
                                                  for field in quant.PLANS[qfile.format] if field != "lm_head"})
                    for i, layer in enumerate(weights.decoder.layers))
     decoder = dataclasses.replace(weights.decoder, layers=layers, lm_head=m["decoder.lm_head"])
-    return dataclasses.replace(weights, decoder=decoder)
+    encoder_layers = tuple(dataclasses.replace(layer, **{field: m[f"encoder.layers.{i}.{field}"]
+                                                         for field in quant.ENCODER_PLAN})
+                           for i, layer in enumerate(weights.encoder.layers))
+    encoder = dataclasses.replace(weights.encoder, layers=encoder_layers)
+    return dataclasses.replace(weights, decoder=decoder, encoder=encoder)

@@ -478,6 +478,8 @@ def _on_host(snap, host):
         return {key: _on_host(value, host) for key, value in snap.items()}
     if isinstance(snap, (list, tuple)):
         return type(snap)(_on_host(value, host) for value in snap)
+    if isinstance(snap, np.generic):
+        return snap.item()                          # a NumPy scalar: a plain number, never an array
     return snap if isinstance(snap, (int, float, str)) or snap is None else host(snap)
 
 

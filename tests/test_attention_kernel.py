@@ -1,0 +1,64 @@
+"""The fused windowed attention of _attention.h (issue #17): every kernel set, the vector
+tiles (head sizes 64 and 128, as the encoder and the decoder's prompt) and the plain C
+tile (other head sizes), against ops.attention over a wrapped ring."""
+import numpy as np
+import pytest
+
+from voxnp import cpu, kernels, ops
+from voxnp._kernels import attention_window
+from voxnp.kv_cache import KVCache
+
+rng = np.random.default_rng(170)
+
+
+def case(n_old, T, H, Hkv, hd, window):
+    cache = KVCache(window, Hkv, hd)
+    for start in range(0, n_old, 37):                         # appended in pieces: the ring wraps
+        n = min(37, n_old - start)
+        cache.append(rng.standard_normal((n, Hkv, hd), dtype=np.float32),
+                     rng.standard_normal((n, Hkv, hd), dtype=np.float32))
+    q = rng.standard_normal((T, H, hd), dtype=np.float32) * 2
+    k = rng.standard_normal((T, Hkv, hd), dtype=np.float32)
+    v = rng.standard_normal((T, Hkv, hd), dtype=np.float32)
+    return q, k, v, cache
+
+
+@pytest.mark.parametrize("kernel_set", cpu.available())
+@pytest.mark.parametrize("n_old,T,H,Hkv,hd,window", [
+    (0, 300, 4, 4, 64, 750), (1000, 200, 4, 4, 64, 750), (90, 130, 8, 2, 128, 100),
+    (40, 9, 4, 2, 128, 8192), (7, 150, 3, 3, 12, 20), (0, 2, 2, 1, 16, 5)])
+def test_every_kernel_set_matches_the_definition(kernel_set, n_old, T, H, Hkv, hd, window):
+    q, k, v, cache = case(n_old, T, H, Hkv, hd, window)
+    want = ops.attention(q, k, v, cache, window)
+    with cpu.using(kernel_set):
+        got = kernels.attention(q, k, v, cache, window)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+def test_queries_far_apart_see_only_their_window():
+    """A value that only the first positions see must not leak into later rows."""
+    T, window = 400, 16
+    q = np.zeros((T, 1, 64), np.float32)
+    k = np.zeros((T, 1, 64), np.float32)
+    v = np.zeros((T, 1, 64), np.float32)
+    v[0] = 1000.0
+    out = kernels.attention(q, k, v, KVCache(window, 1, 64), window).reshape(T, 64)
+    assert np.all(out[window:] == 0) and np.allclose(out[:window, 0], 1000.0 / np.arange(1, window + 1))
+
+
+def test_bad_shapes_are_refused():
+    q = np.zeros((2, 5, 64), np.float32)
+    kv = np.zeros((1, 7, 64), np.float32)
+    with pytest.raises(ValueError):
+        attention_window(q, kv, kv, np.arange(6), 2, 10, 128, np.zeros((5, 2, 64), np.float32))
+    with pytest.raises(ValueError):
+        attention_window(q, kv, kv, np.arange(7), 2, 10, 128, np.zeros((5, 3, 64), np.float32))
+
+
+def test_silu_kernel_matches_the_definition_and_is_the_same_per_row():
+    x = (rng.standard_normal((37, 1000)) * 6).astype(np.float32)
+    x[0, :5] = [0.0, -80.0, 100.0, 1e-30, -1e-30]
+    got = kernels.silu(x)
+    np.testing.assert_allclose(got, ops.silu(x), rtol=2e-6, atol=1e-30)
+    for r in (0, 5, 36):                                      # a row alone: the same bits (exact speculation)
+        np.testing.assert_array_equal(kernels.silu(x[r:r + 1, :333]), got[r:r + 1, :333])

@@ -1,0 +1,147 @@
+/* One SIMD variant of the fused attention tile (included by _attention.h once per kernel
+ * set, inside its target region). The includer defines ATT_V (the name suffix) and
+ * ATT_W (float lanes per vector: 16, 8 or 4). GCC vector extensions: the same source
+ * becomes zmm, ymm or xmm code. Needs hd % ATT_W == 0 and hd <= 128.
+ */
+#define ATT_CAT2(a, b) a##_##b
+#define ATT_CAT(a, b) ATT_CAT2(a, b)
+#define ATT_NAME(x) ATT_CAT(x, ATT_V)
+
+typedef float ATT_NAME(vf) __attribute__((vector_size(ATT_W * 4), aligned(4)));
+typedef int32_t ATT_NAME(vi) __attribute__((vector_size(ATT_W * 4), aligned(4)));
+#define VF ATT_NAME(vf)
+#define VI ATT_NAME(vi)
+
+static inline __attribute__((always_inline)) VF ATT_NAME(att_load)(const float *p) { return *(const VF *)p; }
+static inline __attribute__((always_inline)) void ATT_NAME(att_store)(float *p, VF v) { *(VF *)p = v; }
+static inline __attribute__((always_inline)) VF ATT_NAME(att_splat)(float s) { return (VF){0} + s; }
+static inline __attribute__((always_inline)) VF ATT_NAME(att_select)(VI mask, VF yes, VF no)
+{
+    return (VF)(((VI)yes & mask) | ((VI)no & ~mask));
+}
+
+/* e^y for y <= 0 (below -87: 0 after the mask of the caller, or ~1e-38): ATT_EXP_POLY. */
+static inline __attribute__((always_inline)) VF ATT_NAME(att_exp)(VF y)
+{
+    VF lo = ATT_NAME(att_splat)(-87.0f);
+    y = ATT_NAME(att_select)(y < lo, lo, y);
+    VF z = y * ATT_LOG2E + 0.5f;
+    VI t = __builtin_convertvector(z, VI);                /* truncation ... */
+    VF tf = __builtin_convertvector(t, VF);
+    t = t + (tf > z);                                      /* ... to floor (true is -1) */
+    VF k = __builtin_convertvector(t, VF);
+    VF f = y - k * ATT_LN2_HI - k * ATT_LN2_LO;
+    VF p = ((((ATT_P0 * f + ATT_P1) * f + ATT_P2) * f + ATT_P3) * f + ATT_P4) * f + ATT_P5;
+    VF e = p * f * f + f + 1.0f;
+    return (VF)((VI)e + (t << 23));
+}
+
+/* S [C, npad] = q [C, hd] . kT[:, lo:lo+npad] (kT [hd, ldk], zero-padded past the keys). */
+static inline __attribute__((always_inline)) void
+ATT_NAME(att_scores)(const float *q, int64_t C, int hd, const float *kT, int64_t ldk, int64_t npad, float *S)
+{
+    for (int64_t i0 = 0; i0 < C; i0 += ATT_QR) {
+        int rows = C - i0 < ATT_QR ? (int)(C - i0) : ATT_QR;
+        const float *qr[ATT_QR];
+        for (int r = 0; r < ATT_QR; r++) qr[r] = q + (i0 + (r < rows ? r : rows - 1)) * hd;
+        for (int64_t j0 = 0; j0 < npad; j0 += 2 * ATT_W) {
+            VF acc[ATT_QR][2];
+            for (int r = 0; r < ATT_QR; r++) acc[r][0] = acc[r][1] = ATT_NAME(att_splat)(0.0f);
+            for (int d = 0; d < hd; d++) {
+                VF k0 = ATT_NAME(att_load)(kT + d * ldk + j0), k1 = ATT_NAME(att_load)(kT + d * ldk + j0 + ATT_W);
+#pragma GCC unroll 6
+                for (int r = 0; r < ATT_QR; r++) {
+                    VF s = ATT_NAME(att_splat)(qr[r][d]);
+                    acc[r][0] += s * k0;
+                    acc[r][1] += s * k1;
+                }
+            }
+            for (int r = 0; r < rows; r++) {
+                ATT_NAME(att_store)(S + (i0 + r) * npad + j0, acc[r][0]);
+                ATT_NAME(att_store)(S + (i0 + r) * npad + j0 + ATT_W, acc[r][1]);
+            }
+        }
+    }
+}
+
+/* Row [npad] -> softmax over [a, b), 0 elsewhere. */
+static inline __attribute__((always_inline)) void
+ATT_NAME(att_softmax)(float *row, int64_t npad, int64_t a, int64_t b)
+{
+    VI iota;
+    for (int l = 0; l < ATT_W; l++) iota[l] = l;
+    VF neg = ATT_NAME(att_splat)(-INFINITY), best = neg;
+    for (int64_t j = 0; j < npad; j += ATT_W) {
+        VI jv = iota + (int32_t)j;
+        VI in = (jv >= (int32_t)a) & (jv < (int32_t)b);
+        VF x = ATT_NAME(att_select)(in, ATT_NAME(att_load)(row + j), neg);
+        best = ATT_NAME(att_select)(x > best, x, best);
+    }
+    float m = -INFINITY;
+    for (int l = 0; l < ATT_W; l++) m = best[l] > m ? best[l] : m;
+    VF mv = ATT_NAME(att_splat)(m), total = ATT_NAME(att_splat)(0.0f);
+    for (int64_t j = 0; j < npad; j += ATT_W) {
+        VI jv = iota + (int32_t)j;
+        VI in = (jv >= (int32_t)a) & (jv < (int32_t)b);
+        VF e = ATT_NAME(att_exp)(ATT_NAME(att_load)(row + j) - mv);
+        e = (VF)((VI)e & in);
+        total += e;
+        ATT_NAME(att_store)(row + j, e);
+    }
+    float sum = 0.0f;
+    for (int l = 0; l < ATT_W; l++) sum += total[l];
+    VF inv = ATT_NAME(att_splat)(1.0f / sum);
+    for (int64_t j = 0; j < npad; j += ATT_W) ATT_NAME(att_store)(row + j, ATT_NAME(att_load)(row + j) * inv);
+}
+
+/* out rows [C] (stride ldo) = P [C, npad] . v[lo:lo+n] (v [.., hd], row stride hd); DV = hd / W. */
+static inline __attribute__((always_inline)) void
+ATT_NAME(att_weigh)(const float *P, int64_t C, int64_t npad, int64_t n, const float *v, int hd,
+                    float *out, int64_t ldo, const int DV, const int R)
+{
+    for (int64_t i0 = 0; i0 < C; i0 += R) {
+        int rows = C - i0 < R ? (int)(C - i0) : R;
+        const float *pr[8];
+        for (int r = 0; r < R; r++) pr[r] = P + (i0 + (r < rows ? r : rows - 1)) * npad;
+        VF acc[8][8];
+        for (int r = 0; r < 8; r++)                       /* all of it: rows <= R is not visible to GCC */
+            for (int dv = 0; dv < 8; dv++) acc[r][dv] = ATT_NAME(att_splat)(0.0f);
+        for (int64_t j = 0; j < n; j++) {
+            VF vv[8];
+            for (int dv = 0; dv < DV; dv++) vv[dv] = ATT_NAME(att_load)(v + j * hd + dv * ATT_W);
+            for (int r = 0; r < R; r++) {
+                VF p = ATT_NAME(att_splat)(pr[r][j]);
+                for (int dv = 0; dv < DV; dv++) acc[r][dv] += p * vv[dv];
+            }
+        }
+        for (int r = 0; r < rows; r++)
+            for (int dv = 0; dv < DV; dv++) ATT_NAME(att_store)(out + (i0 + r) * ldo + dv * ATT_W, acc[r][dv]);
+    }
+}
+
+/* One tile: queries q [C, hd] (scaled), keys kT [hd, ldk] from the tile's first visible key,
+ * values v [n, hd]; row i sees keys [a[i], b[i]) of the n; S: scratch [C, npad]. */
+static void ATT_NAME(att_tile)(const float *q, int64_t C, int hd, const float *kT, int64_t ldk,
+                               const float *v, int64_t n, const int64_t *a, const int64_t *b,
+                               float *S, float *out, int64_t ldo)
+{
+    int64_t npad = (n + 2 * ATT_W - 1) / (2 * ATT_W) * (2 * ATT_W);
+    ATT_NAME(att_scores)(q, C, hd, kT, ldk, npad, S);
+    for (int64_t i = 0; i < C; i++) ATT_NAME(att_softmax)(S + i * npad, npad, a[i], b[i]);
+    switch (hd / ATT_W) {
+    case 1: ATT_NAME(att_weigh)(S, C, npad, n, v, hd, out, ldo, 1, 8); break;
+    case 2: ATT_NAME(att_weigh)(S, C, npad, n, v, hd, out, ldo, 2, ATT_W == 16 ? 8 : 4); break;
+    case 4: ATT_NAME(att_weigh)(S, C, npad, n, v, hd, out, ldo, 4, ATT_W == 16 ? 6 : 2); break;
+    case 8: ATT_NAME(att_weigh)(S, C, npad, n, v, hd, out, ldo, 8, ATT_W == 16 ? 3 : 1); break;
+    default:                                              /* 3, 5, 6, 7 vectors: one row at a time */
+        for (int64_t i = 0; i < C; i++)
+            for (int dv = 0; dv < hd / ATT_W; dv++) {
+                VF acc = ATT_NAME(att_splat)(0.0f);
+                for (int64_t j = 0; j < n; j++) acc += S[i * npad + j] * ATT_NAME(att_load)(v + j * hd + dv * ATT_W);
+                ATT_NAME(att_store)(out + i * ldo + dv * ATT_W, acc);
+            }
+    }
+}
+
+#undef VF
+#undef VI
