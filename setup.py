@@ -28,6 +28,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["voxnp", "voxnp.*"]),
+    package_data={"voxnp.server": ["static/*"]},          # the page `voxnp serve` serves at /
     ext_modules=cythonize(
         [Extension("voxnp._kernels", ["voxnp/_kernels.pyx"], extra_compile_args=FLAGS,
                    include_dirs=["voxnp"], depends=HEADERS,
@@ -39,7 +40,9 @@ setup(
                       "huggingface_hub>=0.20"],   # `voxnp download`
     extras_require={
         # the tests cover the server (driven by the real `openai` client) and Ray batch jobs
-        "test": ["pytest>=7", "mistral_common>=1.5", "openai[realtime]>=1.102"] + SERVE + RAY + NVRTC,
+        # selenium drives Debian's chromium (the page); sounddevice: --from-mic through PulseAudio
+        "test": ["pytest>=7", "mistral_common>=1.5", "openai[realtime]>=1.102", "selenium>=4.11",
+                 "sounddevice>=0.4"] + SERVE + RAY + NVRTC,
         "mic": ["sounddevice>=0.4"],
         "gpu": ["cupy-cuda12x>=13"],
         "bench": ["mistral_common>=1.5"],

@@ -66,12 +66,10 @@ def cli_run(tiny_dir):
                              "--silent"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.fixture(scope="module")
-def server(tiny_dir, tmp_path_factory, cli_run):
+def start_served(tiny_dir, log: Path, *args: str) -> Served:
+    """`python3 -m voxnp.server --model TINY --port FREE ARGS`, once /health answers 200."""
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    cmd = [sys.executable, "-m", "voxnp.server", "--model", str(tiny_dir), "--port", str(port),
-           "--api-key", KEY, "--max-sessions", str(MAX_SESSIONS), "--max-upload-mb", "3"]
+    cmd = [sys.executable, "-m", "voxnp.server", "--model", str(tiny_dir), "--port", str(port), *args]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     served = Served(proc, port, log)
@@ -88,13 +86,24 @@ def server(tiny_dir, tmp_path_factory, cli_run):
             proc.kill()
             pytest.fail(f"the server did not become healthy:\n{log.read_text()}")
         time.sleep(0.1)
-    yield served
-    proc.terminate()
+    return served
+
+
+def stop_served(served: Served) -> None:
+    served.proc.terminate()
     try:
-        proc.wait(timeout=20)
+        served.proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        served.proc.kill()
         pytest.fail("the server did not stop on SIGTERM")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir, tmp_path_factory, cli_run):
+    served = start_served(tiny_dir, tmp_path_factory.mktemp("serve") / "server.log", "--api-key", KEY,
+                          "--max-sessions", str(MAX_SESSIONS), "--max-upload-mb", "3")
+    yield served
+    stop_served(served)
 
 
 def request(served, method, path, body=b"", headers=None):

@@ -109,6 +109,8 @@ TRANSCRIBE = Command(
                "standard input, as it arrives", kind="switch"),
         Option("from_mic", False, "transcribe the default microphone until Ctrl-C (needs "
                "`sounddevice`)", kind="switch"),
+        Option("record", None, "with --stdin or --from-mic: also write the audio as it arrives "
+               "to this 16 kHz WAV file (before --from-mic's silence skipping)", metavar="FILE"),
         RAW,
         DELAY,
         Option("interval", 2.0, "with --stdin and --from-mic: seconds of new audio gathered "
@@ -461,7 +463,7 @@ def timing_line(load_s: float, t) -> str:
             f"{real_time_factor(t):.2f}x real time")
 
 
-def transcribe(*files, model, stdin, from_mic, raw, delay, interval, alt, format, output_dir,
+def transcribe(*files, model, stdin, from_mic, record, raw, delay, interval, alt, format, output_dir,
                speculate, batch, weights, threads, backend, silent, debug):
     """Transcribe audio files, stdin or the microphone (options: TRANSCRIBE above)."""
     from . import model as model_mod
@@ -471,6 +473,8 @@ def transcribe(*files, model, stdin, from_mic, raw, delay, interval, alt, format
         raise VoxnpError("no input: give audio files, --stdin or --from-mic (see voxnp --help)")
     if bool(files) + stdin + from_mic > 1:
         raise VoxnpError("audio files (FILE, -i), --stdin and --from-mic are mutually exclusive")
+    if record is not None and not (stdin or from_mic):
+        raise VoxnpError("--record needs --stdin or --from-mic")
     if output_dir is not None:
         try:
             os.makedirs(output_dir, exist_ok=True)
@@ -491,7 +495,8 @@ def transcribe(*files, model, stdin, from_mic, raw, delay, interval, alt, format
         from .live import run_live
 
         printer = Printer(alt=alt is not None)
-        t = run_live(m, printer, source="mic" if from_mic else "stdin", interval=interval, **options)
+        t = run_live(m, printer, source="mic" if from_mic else "stdin", interval=interval, record=record,
+                     **options)
         if not silent:
             log(timing_line(load_s, t))
         return None

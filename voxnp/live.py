@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import struct
 import sys
 
@@ -207,17 +208,70 @@ def microphone_audio(block_s: float = 0.1, max_backlog_s: float = 5.0, keep_s: f
             yield x
 
 
-def run_live(model, printer, source: str = "stdin", interval: float = 2.0, **options):
+def until_interrupted(chunks):
+    """Yield chunks until they end or Ctrl-C. A SIGINT while waiting for input ends the
+    input at once; one while the model runs ends it after that chunk, so the stream is
+    never cut off in the middle of a step and what was read is all transcribed."""
+    state = {"reading": False, "asked": False}
+
+    def on_sigint(signum, frame):
+        state["asked"] = True
+        if state["reading"]:
+            raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:                           # not the main thread: Ctrl-C stays Python's
+        previous = None
+    it = iter(chunks)
+    try:
+        while not state["asked"]:
+            state["reading"] = True
+            try:
+                x = next(it)
+            except StopIteration:
+                return
+            finally:
+                state["reading"] = False
+            yield x
+    except KeyboardInterrupt:
+        state["asked"] = True
+    finally:
+        if hasattr(it, "close"):
+            it.close()                           # the microphone stops here
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        if state["asked"]:
+            print("\nvoxnp: interrupted; finishing what arrived", file=sys.stderr, flush=True)
+
+
+def recorded(chunks, path):
+    """Pass float32 16 kHz chunks through, writing each to a PCM16 WAV file first."""
+    import soundfile as sf
+
+    try:
+        out = sf.SoundFile(path, "w", samplerate=MODEL_RATE, channels=1, subtype="PCM_16")
+    except (sf.LibsndfileError, OSError) as e:
+        raise VoxnpError(f"--record {path}: cannot write ({e})") from None
+    with out:
+        for x in chunks:
+            out.write(np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16))
+            out.flush()
+            yield x
+
+
+def run_live(model, printer, source: str = "stdin", interval: float = 2.0, record=None, **options):
     """Transcribe stdin or the microphone until it ends (or Ctrl-C); returns the timings.
+    record: a WAV path that gets the audio as read (before the microphone's silence gate).
     options: as for Stream (delay_ms, alt, speculate, ...)."""
     stream = Stream(model, interval=interval, live=True, on_token=printer.token, **options)
     gate = SilenceGate() if source == "mic" else None
-    chunks = microphone_audio() if source == "mic" else stdin_audio()
+    chunks = until_interrupted(microphone_audio() if source == "mic" else stdin_audio())
+    if record is not None:
+        chunks = recorded(chunks, record)
     try:
         for x in chunks:
             stream.feed(gate.filter(x, stream) if gate else x)
-    except KeyboardInterrupt:
-        print("\nvoxnp: interrupted; finishing what arrived", file=sys.stderr, flush=True)
     finally:
         stream.finish()
         printer.end()

@@ -2,6 +2,8 @@
 OpenAI's dialects), many streams at once on one model.
 
     app.py             the Starlette app: routes, API key, request log; Server settings
+    page.py            GET / and /static/: the browser page (static/, package data), its CSP
+    recent.py          the last few finished uploads, for their other formats
     transcriptions.py  POST /v1/audio/transcriptions (json, text, srt, vtt, verbose_json, SSE)
     realtime.py        WS /v1/realtime, both dialects
     engine.py          the worker thread that owns the model and every session's Stream

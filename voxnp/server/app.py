@@ -1,5 +1,6 @@
 """The Starlette application: routes, API-key check, one log line per request.
 
+    GET  /, /static/{name}           the browser page (page.py; no key needed)
     GET  /health                     200 {"status": "ok"} once the model is open (503 before)
     GET  /v1/models[/{id}]           the one served model
     POST /v1/audio/transcriptions    transcriptions.py
@@ -19,13 +20,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
+from ..errors import VoxnpError
 from . import DEFAULT_SERVED_NAME
 from .engine import Engine
 from .errors import ApiError, error_response, loading_error, log, on_api_error, on_http_exception, on_unexpected
+from .page import index, is_page_path, static_file
 from .realtime import realtime_endpoint
+from .recent import Recent
 from .transcriptions import create_transcription
 
-OPEN_PATHS = ("/health",)       # no API key needed
+OPEN_PATHS = ("/health",)       # no API key needed (nor for the page: is_page_path)
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Server:
     max_upload_mb: float = 25.0
     strict_model: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
+    recent: Recent = field(default_factory=Recent)    # finished uploads: their other formats
 
     @property
     def max_backlog_samples(self) -> int:
@@ -48,6 +53,14 @@ class Server:
             raise ApiError(500, self.engine.failed, type="server_error")
         if not self.engine.ready.is_set():
             raise loading_error()
+
+    def delay_problem(self, delay_ms) -> str | None:
+        """Why a client's delay_ms is not usable (80..2400 in steps of 80), or None."""
+        try:
+            self.engine.model.config.audio.delay_tokens(delay_ms)
+        except VoxnpError as e:
+            return str(e)
+        return None
 
     def authorized(self, headers) -> bool:
         """`Authorization: Bearer KEY`, or (browsers cannot set headers on a websocket)
@@ -90,7 +103,7 @@ async def get_model(request: Request) -> JSONResponse:
 
 
 class AuthAndLog:
-    """ASGI middleware: the API key on every HTTP route but /health (websockets check
+    """ASGI middleware: the API key on every HTTP route but /health and the page (websockets check
     it in realtime.py, where a refusal can be an HTTP response), and one log line per
     HTTP request with what the route noted in `request.state.log` (a healthy /health,
     which load balancers poll, only at --log-level debug)."""
@@ -113,7 +126,8 @@ class AuthAndLog:
 
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            if scope["path"] not in OPEN_PATHS and not self.server.authorized(headers):
+            path = scope["path"]
+            if path not in OPEN_PATHS and not is_page_path(path) and not self.server.authorized(headers):
                 e = ApiError(401, "missing or wrong API key (send Authorization: Bearer KEY)",
                              code="invalid_api_key")
                 return await error_response(e)(scope, receive, send_noting_status)
@@ -129,6 +143,8 @@ def build_app(server: Server) -> Starlette:
     app = Starlette(
         middleware=[Middleware(AuthAndLog, server=server)],
         routes=[
+            Route("/", index),
+            Route("/static/{name}", static_file),
             Route("/health", health),
             Route("/v1/models", list_models),
             Route("/v1/models/{model_id:path}", get_model),

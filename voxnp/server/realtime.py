@@ -46,14 +46,18 @@ def member(obj, key: str) -> dict:
 async def realtime_endpoint(websocket: WebSocket) -> None:
     server = websocket.app.state.server
     problem = None
+    delay_ms = websocket.query_params.get("delay_ms")     # voxnp's own (the page's delay setting)
     if not server.authorized(websocket.headers):
         problem = (401, error_body("missing or wrong API key (Authorization: Bearer KEY)", code="invalid_api_key"), {})
     elif not server.engine.ready.is_set():
         problem = (503, error_body("the model is still loading; retry shortly", type="server_error"),
                    {"Retry-After": "2"})
+    elif delay_ms is not None and (delay_problem := server.delay_problem(delay_ms)):
+        problem = (400, error_body(delay_problem, param="delay_ms"), {})
     else:
         try:
-            session = server.engine.open(prefix="sess", live=True)
+            session = server.engine.open(prefix="sess", live=True,
+                                         **({"delay_ms": float(delay_ms)} if delay_ms is not None else {}))
         except Busy:
             e = busy_error(server.engine.max_sessions)
             problem = (503, error_body(e.message, e.type, code=e.code), e.headers)
@@ -66,8 +70,11 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
             await websocket.close(code=1008 if status == 401 else 1013)
         return
     openai = websocket.query_params.get("intent") == "transcription"
+    # a browser sends its key as a subprotocol (it cannot set headers) beside "realtime",
+    # and closes a socket whose answer names none of the subprotocols it offered
+    offered = websocket.scope.get("subprotocols") or []
     try:
-        await websocket.accept()
+        await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
         await Connection(websocket, session, server, openai).run()
     finally:
         session.close()

@@ -5,7 +5,8 @@
       -> or, with stream=true, server-sent events as tokens are decoded
 
 The upload is transcribed exactly as `voxnp FILE` does (same samples, same tokens),
-so the text equals the CLI's output for the same file.
+so the text equals the CLI's output for the same file. The last few finished uploads are
+kept (recent.py): asking again for the same bytes and delay, in any format, runs nothing.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ..errors import VoxnpError
 from .engine import Busy
 from .errors import ApiError, busy_error, error_body, log
 from .pcm import decode_upload
+from .recent import Transcript, upload_key
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 STREAM_FORMATS = ("json", "text")
@@ -66,14 +68,25 @@ async def create_transcription(request: Request) -> Response:
     duration = len(samples) / server.engine.rate
     request.state.log = f"{options['response_format']}{' stream' if options['stream'] else ''} audio {duration:.1f} s"
     try:
-        session = server.engine.open(prefix="req", delay_ms=options["delay_ms"],
-                                     logprobs=options["response_format"] == "verbose_json")
+        session = server.engine.open(prefix="req", delay_ms=options["delay_ms"], logprobs=True)
     except Busy:
         raise busy_error(server.engine.max_sessions) from None
+    key = await asyncio.to_thread(upload_key, data, options["delay_ms"])
+    done = server.recent.get(key) if not options["stream"] else None
+    if done is not None:                                 # the same upload was just transcribed
+        session.close()
+        request.state.log += " (recent)"
+        return render(options, done.text, done.tokens, duration)
     session.feed(samples)
     session.finish()
+
+    def remember(stream) -> Transcript:
+        done = Transcript(stream.text, stream.tokens) if stream is not None else Transcript("", [])
+        server.recent.put(key, done)
+        return done
+
     if options["stream"]:
-        return StreamingResponse(sse_events(session), media_type="text/event-stream",
+        return StreamingResponse(sse_events(session, remember), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
         stream = await until_finished(session, request)
@@ -83,9 +96,8 @@ async def create_transcription(request: Request) -> Response:
     if stream is CLIENT_GONE:
         request.state.log += " (client disconnected)"
         return Response(status_code=499)                 # nobody reads it
-    if stream is None:                                   # nothing was decoded
-        return render(options, "", [], duration)
-    return render(options, stream.text, stream.tokens, duration)
+    done = remember(stream)
+    return render(options, done.text, done.tokens, duration)
 
 
 async def read_form(request: Request, server) -> tuple[dict, bytes, str]:
@@ -184,10 +196,11 @@ async def until_finished(session, request: Request):
     return work.result() if work in done else CLIENT_GONE
 
 
-async def sse_events(session):
+async def sse_events(session, remember):
     """text/event-stream: a transcript.text.delta per round of decoded text, then
     transcript.text.done (no [DONE]); an error mid-stream is one `error` event.
-    Deltas start at the first non-space character, so they add up to `text`."""
+    Deltas start at the first non-space character, so they add up to `text`.
+    remember(stream) keeps the finished transcript for the upload's other formats."""
     started = time.monotonic()
     sent, outcome = "", "client disconnected"
     try:
@@ -201,7 +214,7 @@ async def sse_events(session):
                     sent += delta
                     yield sse({"type": "transcript.text.delta", "delta": delta})
             elif event.kind == "finished":
-                text = event.stream.text.strip() if event.stream is not None else ""
+                text = remember(event.stream).text.strip()
                 yield sse({"type": "transcript.text.done", "text": text})
                 outcome = "done"
                 return
