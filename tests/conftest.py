@@ -47,6 +47,16 @@ def window_model(window_dir):
     return voxnp.load(window_dir)
 
 
+@pytest.fixture()
+def without_sounddevice(tmp_path, monkeypatch):
+    """Subprocesses started in the test cannot import sounddevice (a module of that name
+    first on their path raises ImportError), whether or not it is installed."""
+    hide = tmp_path / "hide-sounddevice"
+    hide.mkdir()
+    (hide / "sounddevice.py").write_text('raise ImportError("sounddevice hidden by the test")\n')
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hide), os.environ.get("PYTHONPATH")])))
+
+
 def shared_audio(name: str) -> Path:
     path = SHARED_AUDIO / name
     if not path.exists():
