@@ -42,6 +42,9 @@
 #define Q4K_SUB 32               /* inputs per q4k sub-block */
 #define QUANT_ACT_LEVELS 32767   /* activations: int16, symmetric */
 #define QUANT_ACT_FLOOR 1e-30f   /* a smaller block of activations is zero */
+#ifndef QUANT_PREFETCH
+#define QUANT_PREFETCH 2048      /* bytes ahead of the weights being read (software prefetch) */
+#endif
 #define QUANT_PARALLEL_MIN 262144  /* fewer weights: one thread (waking threads costs more) */
 
 typedef struct { float d, dmin; uint8_t sc[8], mn[8]; } q4k_meta;   /* 24 bytes, = quant.Q4K_META */
@@ -160,8 +163,18 @@ VOXNP_TARGET_END
 #define Q_ZERO _mm256_setzero_si256
 #define Q_LOAD16(p) _mm256_loadu_si256((const __m256i *)(p))
 #define Q_S8(p) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p)))
-#define Q_NIBBLES(v, out) ((out)[0] = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(v)), \
-                           (out)[1] = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(v, 1)))
+VOXNP_TARGET_BEGIN(VOXNP_T_AVX2)
+static inline __attribute__((always_inline)) void q4k_nibbles_256(__m256i v, __m256i *out)
+{
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+    out[0] = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(lo));
+    out[1] = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(lo, 1));
+    out[2] = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(hi));
+    out[3] = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(hi, 1));
+}
+VOXNP_TARGET_END
+#define Q_NIBBLES q4k_nibbles_256
 #define Q_MUL16 _mm256_mullo_epi16
 #define Q_SET16(c) _mm256_set1_epi16(c)
 #define Q_TO8(v) (v)
@@ -202,7 +215,11 @@ VOXNP_TARGET_END
 #define Q_ZERO _mm512_setzero_si512
 #define Q_LOAD16(p) _mm512_loadu_si512((const void *)(p))
 #define Q_S8(p) _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(p)))
-#define Q_NIBBLES(v, out) ((out)[0] = _mm512_cvtepu8_epi16(v))
+#define Q_NIBBLES(v, out) do {                        /* bytes widened once, then split */ \
+        __m512i z_ = _mm512_cvtepu8_epi16(v);                                             \
+        (out)[0] = _mm512_and_si512(z_, _mm512_set1_epi16(0x0F));                         \
+        (out)[1] = _mm512_srli_epi16(z_, 4);                                               \
+    } while (0)
 #define Q_MUL16 _mm512_mullo_epi16
 #define Q_SET16(c) _mm512_set1_epi16(c)
 #define Q_TO8(v) _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1))

@@ -4,7 +4,8 @@
  *   QI            the integer vector type; Q_W16 its int16 lanes (16 or 32)
  *   Q_ROWS        activation rows whose accumulators share the registers (<= 8)
  *   Q_ZERO(), Q_LOAD16(p) (Q_W16 int16), Q_S8(p) (Q_W16 int8 -> int16),
- *   Q_NIBBLES(v, out) (the 32 bytes of a 256-bit v -> 32 / Q_W16 int16 vectors),
+ *   Q_NIBBLES(v, out) (the 32 bytes of a 256-bit v -> their low nibbles, then their high
+ *                 nibbles, as 64 / Q_W16 int16 vectors),
  *   Q_MUL16(a, b), Q_SET16(c), Q_DOT(acc, a, b) (acc + pairs of int16 products, int32),
  *   Q_TO8(v) (the int32 lanes folded to 8: lane l + lane l+8 + ...; exact)
  * Defines q8_row_<QV> and q4k_row_<QV>: one weight row times T <= 8 activation rows.
@@ -25,6 +26,8 @@ Q_NAME(q8_rows)(const int8_t *w, const float *ws, int64_t ng, const int16_t *xq,
     for (int64_t g = 0; g < ng; g++) {
         QI isum[8];
         for (int t = 0; t < nr; t++) isum[t] = Q_ZERO();
+        _mm_prefetch((const char *)(w + g * Q8_BLOCK) + QUANT_PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + g * Q8_BLOCK) + QUANT_PREFETCH + 64, _MM_HINT_T0);
         for (int c = 0; c < Q8_BLOCK; c += Q_W16) {
             QI w16 = Q_S8(w + g * Q8_BLOCK + c);
             for (int t = 0; t < nr; t++)
@@ -41,18 +44,18 @@ static inline __attribute__((always_inline)) void
 Q_NAME(q4k_rows)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int16_t *xq, const float *xs,
                  const int32_t *bsum, int64_t kp, const int nr, float *y, int64_t ystride)
 {
-    const __m256i low4 = _mm256_set1_epi8(0x0F);
     __m256 acc[8];
     for (int t = 0; t < nr; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t s = 0; s < nsb; s++) {
         const q4k_meta *m = meta + s;
         QI qsum[8];
         for (int t = 0; t < nr; t++) qsum[t] = Q_ZERO();
+        _mm_prefetch((const char *)(qs + s * (Q4K_BLOCK / 2)) + QUANT_PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)(qs + s * (Q4K_BLOCK / 2)) + QUANT_PREFETCH + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)m + QUANT_PREFETCH / 4, _MM_HINT_T0);
         for (int p = 0; p < 4; p++) {        /* 64 inputs: sub-blocks 2p (low nibbles), 2p+1 (high) */
-            __m256i v = _mm256_loadu_si256((const __m256i *)(qs + s * (Q4K_BLOCK / 2) + p * 32));
-            QI w[2 * Q_NV];
-            Q_NIBBLES(_mm256_and_si256(v, low4), w);
-            Q_NIBBLES(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4), w + Q_NV / 2);
+            QI w[Q_NV];
+            Q_NIBBLES(_mm256_loadu_si256((const __m256i *)(qs + s * (Q4K_BLOCK / 2) + p * 32)), w);
             QI sa = Q_SET16(m->sc[2 * p]), sb = Q_SET16(m->sc[2 * p + 1]);
             for (int c = 0; c < Q_NV / 2; c++) {
                 w[c] = Q_MUL16(w[c], sa);
