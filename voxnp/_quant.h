@@ -73,13 +73,15 @@ static void quant_activations(const float *x, int64_t k, int64_t block, int64_t 
     }
 }
 
-/* Sums of each 32-input sub-block of quantized activations: xq [kp] -> bsum [kp / 32]. */
-static void quant_sub_sums(const int16_t *xq, int64_t kp, int32_t *bsum)
+/* Sums of each 32-input sub-block of quantized activations: xq [kp] -> bsum [kp / 32],
+ * as floats (exact: |sum| <= 32 * 32767 < 2^24; mn * bsum in float32 is then the exact
+ * integer product rounded once, as converting the int32 product would round it). */
+static void quant_sub_sums(const int16_t *xq, int64_t kp, float *bsum)
 {
     for (int64_t s = 0; s < kp / Q4K_SUB; s++) {
         int32_t acc = 0;
         for (int i = 0; i < Q4K_SUB; i++) acc += xq[s * Q4K_SUB + i];
-        bsum[s] = acc;
+        bsum[s] = (float)acc;
     }
 }
 
@@ -105,7 +107,7 @@ static float q8_dot_portable(const int8_t *w, const float *ws, int64_t ng, const
 }
 
 static float q4k_dot_portable(const uint8_t *qs, const q4k_meta *meta, int64_t nsb,
-                              const int16_t *xq, const float *xs, const int32_t *bsum)
+                              const int16_t *xq, const float *xs, const float *bsum)
 {
     float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (int64_t s = 0; s < nsb; s++) {
@@ -120,7 +122,7 @@ static float q4k_dot_portable(const uint8_t *qs, const q4k_meta *meta, int64_t n
         float d_x = m->d * xs[s], dmin_x = m->dmin * xs[s];
         for (int l = 0; l < 8; l++) {
             lane[l] = fmaf((float)q[l], d_x, lane[l]);
-            lane[l] = fmaf(-(float)(m->mn[l] * bsum[s * 8 + l]), dmin_x, lane[l]);
+            lane[l] = fmaf(-((float)m->mn[l] * bsum[s * 8 + l]), dmin_x, lane[l]);
         }
     }
     return quant_hsum8_portable(lane);
@@ -133,7 +135,7 @@ static void q8_row_portable(const int8_t *w, const float *ws, int64_t ng, const 
 }
 
 static void q4k_row_portable(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int16_t *xq,
-                             const float *xs, const int32_t *bsum, int64_t kp, int64_t T, float *y, int64_t n)
+                             const float *xs, const float *bsum, int64_t kp, int64_t T, float *y, int64_t n)
 {
     for (int64_t t = 0; t < T; t++)
         y[t * n] = q4k_dot_portable(qs, meta, nsb, xq + t * kp, xs + t * nsb, bsum + t * (kp / Q4K_SUB));
@@ -142,7 +144,7 @@ static void q4k_row_portable(const uint8_t *qs, const q4k_meta *meta, int64_t ns
 typedef void (*q8_row_fn)(const int8_t *w, const float *ws, int64_t ng, const int16_t *xq,
                           const float *xs, int64_t kp, int64_t T, float *y, int64_t n);
 typedef void (*q4k_row_fn)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int16_t *xq,
-                           const float *xs, const int32_t *bsum, int64_t kp, int64_t T, float *y, int64_t n);
+                           const float *xs, const float *bsum, int64_t kp, int64_t T, float *y, int64_t n);
 
 #ifdef VOXNP_X86
 /* ------------------------------------------------------------------------------------ */
@@ -305,7 +307,7 @@ static int q4k_matmul(const uint8_t *qs, const uint8_t *meta, int64_t n, int64_t
     int64_t nsb = kp / Q4K_BLOCK, nb = kp / Q4K_SUB;
     int16_t *xq = malloc(T * kp * sizeof(int16_t));
     float *xs = malloc(T * nsb * sizeof(float));
-    int32_t *bsum = malloc(T * nb * sizeof(int32_t));
+    float *bsum = malloc(T * nb * sizeof(float));
     if (!xq || !xs || !bsum) { free(xq); free(xs); free(bsum); return -1; }
     for (int64_t t = 0; t < T; t++) {
         quant_activations(x + t * k, k, Q4K_BLOCK, kp, xq + t * kp, xs + t * nsb);
