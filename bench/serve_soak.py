@@ -51,7 +51,8 @@ SHARED_AUDIO = HERE.parent.parent / "shared" / "audio"
 SPEECH = "60s_i_dont_want_anyones_life_on_my_hands.wav"
 UPLOAD_FORMATS = ["json", "text", "srt", "vtt", "verbose_json", "stream-json", "stream-text"]
 SERVER_ARGS = ["--timeout", "3", "--drain", "5", "--max-upload-mb", "4"]
-IN_PROCESS_RATE = 80            # decoder fuzz cases per second at most (it shares the server's CPU)
+CLIENT_NICE = 5                 # the load generators run below the server (and the /health monitor)
+IN_PROCESS_RATE = 80            # in-process fuzz cases per second at most (a shared machine)
 
 
 class Clips:
@@ -215,8 +216,7 @@ async def client(k: int, served, clips, tally, stop: threading.Event, seed: int)
 
     rng = random.Random(seed * 1000 + k)
     fuzz_ws, fuzz_http = fuzz_runners(served, tally)
-    mix = ([("paced", 3), ("fast", 3), ("openai", 2), ("upload", 6), ("fault", 3), ("fuzz_ws", 2),
-            ("fuzz_http", 2)])
+    mix = [("paced", 2), ("fast", 2), ("openai", 2), ("upload", 5), ("fault", 3), ("fuzz_ws", 4), ("fuzz_http", 4)]
     names = [m for m, w in mix for _ in range(w)]
     while not stop.is_set():
         what = rng.choice(names)
@@ -241,15 +241,23 @@ async def client(k: int, served, clips, tally, stop: threading.Event, seed: int)
             tally.bad(what, "".join(traceback.format_exception(e))[-1500:])
 
 
-def in_process_fuzz(seconds: float, rate: float, out, seed: int):
-    """A child process: decoder, stdin-reader and PCM-chunk cases; counts sent to `out`."""
-    os.nice(19)                                  # idle CPU only: the server and other work come first
-    os.sched_setaffinity(0, range(os.cpu_count()))
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)                          # libmpg123 prints notes on malformed MP3s
+def in_process_fuzz(seconds: float, rate: float, out, log: str):
+    """A child process on the other core: the decoders (upload, stdin, PCM chunks) and the
+    server's app driven without sockets (websocket and upload cases, a tiny checkpoint of
+    its own); counts sent to `out`."""
+    import logging
+
+    os.sched_setaffinity(0, {0})
+    os.nice(5)
+    os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND), 2)  # libmpg123's notes on malformed MP3s
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     from hypothesis import HealthCheck, given, settings
 
     import serve_fuzz as F
+    from voxnp.checkpoint import write_checkpoint
+
+    tmp = tempfile.TemporaryDirectory(prefix="voxnp-soak-fuzz-")
+    driver = F.AppDriver(write_checkpoint(Path(tmp.name) / "tiny", preset="tiny", seed=0))
 
     counts, failures = Counter(), []
     cfg = settings(max_examples=50, deadline=None, database=None, suppress_health_check=list(HealthCheck),
@@ -273,9 +281,21 @@ def in_process_fuzz(seconds: float, rate: float, out, seed: int):
         F.run_pcm_case(*case)
         counts["pcm"] += 1
 
+    @cfg
+    @given(F.ws_cases())
+    def app_ws(case):
+        driver.run(driver.websocket(*case))
+        counts["app_ws"] += 1
+
+    @cfg
+    @given(F.forms())
+    def app_http(case):
+        F.run_app_http_case(driver, *case)
+        counts["app_http"] += 1
+
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:
-        for f in (decoder, stdin, pcm):
+        for f in (decoder, stdin, pcm, app_ws, app_http):
             start, before = time.monotonic(), sum(counts.values())
             try:
                 f()
@@ -411,8 +431,11 @@ def main(model=None, weights="bf16", clients: int = 4, minutes: float = 30.0, se
     t0 = time.monotonic()
     mon = threading.Thread(target=monitor, args=(served, tally, stop, health_ms, rss, t0), daemon=True)
     mon.start()
-    parent, child = multiprocessing.Pipe()
-    fuzzer = multiprocessing.Process(target=in_process_fuzz, args=(minutes * 60, IN_PROCESS_RATE, child, seed))
+    os.nice(CLIENT_NICE)      # this thread only (Linux): the clients and their threads yield to the server
+    spawn = multiprocessing.get_context("spawn")   # not fork: this process has BLAS/OpenMP threads
+    parent, child = spawn.Pipe()
+    fuzzer = spawn.Process(target=in_process_fuzz, args=(minutes * 60, IN_PROCESS_RATE, child,
+                                                         str(log.with_name("fuzz.log"))))
     fuzzer.start()
 
     async def run_clients():
@@ -432,11 +455,15 @@ def main(model=None, weights="bf16", clients: int = 4, minutes: float = 30.0, se
                 print_table(rows[-1:], header=minute == 1)
                 minute += 1
         stop.set()
-        await asyncio.wait(tasks, timeout=120)
+        _, hung = await asyncio.wait(tasks, timeout=120)
+        for task in hung:
+            tally.bad("client", "a client did not finish its last scenario within 120 s (a hang)")
+            task.cancel()
         return rows
 
     rows = asyncio.run(run_clients())
-    in_process, failures = parent.recv() if parent.poll(120) else ({}, ["the in-process fuzzer did not report"])
+    in_process, failures = parent.recv() if parent.poll(120) else (
+        {}, [f"the in-process fuzzer did not report (exit code {fuzzer.exitcode}; see {log.with_name('fuzz.log')})"])
     fuzzer.join(30)
     for f in failures:
         tally.bad("in-process fuzz", f)
@@ -446,7 +473,12 @@ def main(model=None, weights="bf16", clients: int = 4, minutes: float = 30.0, se
     tracebacks = served.tracebacks()
     if tracebacks:
         tally.bad("server log", f"{tracebacks} traceback(s) in {log}")
-    minute5 = [mb for t, mb in rss if t >= min(300, minutes * 60 / 6)]
+    start5 = min(300, minutes * 60 / 6)          # minute 5 (or a sixth of a shorter run)
+    window = min(60, minutes * 60 / 6)
+    minute5 = [mb for t, mb in rss if start5 <= t < start5 + window]
+    last = [mb for t, mb in rss if t >= minutes * 60 - window]
+    after5 = [(t, mb) for t, mb in rss if t >= start5]
+    slope = float(np.polyfit([t for t, _ in after5], [mb for _, mb in after5], 1)[0]) * 3600 if len(after5) > 2 else 0.0
     drain = drain_check(served, clips)
     restart = kill_check(served, clips)
     c = tally.c
@@ -459,9 +491,14 @@ def main(model=None, weights="bf16", clients: int = 4, minutes: float = 30.0, se
         "fuzz_cases_by_kind": fuzz_by_kind, "transcripts_checked": c["transcripts_checked"],
         "wrong_transcripts": c["wrong_transcripts"], "unclean_errors": c["unclean_errors"],
         "busy_503": c["busy_503"],
-        "rss_start_mb": round(rss[0][1], 1), "rss_minute5_mb": round(minute5[0], 1) if minute5 else None,
+        "rss_start_mb": round(rss[0][1], 1), "rss_minute5_mb": round(float(np.median(minute5)), 1),
+        "rss_last_minute_mb": round(float(np.median(last)), 1),
         "rss_end_mb": round(rss_end, 1), "rss_max_mb": round(max(mb for _, mb in rss), 1),
-        "rss_growth_after_minute5_mb": round(rss_end - minute5[0], 1) if minute5 else None,
+        "rss_growth_after_minute5_mb": round(float(np.median(last) - np.median(minute5)), 1),
+        "rss_idle_end_minus_minute5_mb": round(rss_end - float(np.median(minute5)), 1),
+        "rss_trend_after_minute5_mb_per_hour": round(slope, 1),
+        "rss_note": "sampled every 5 s under load; minute 5 and the last minute are medians over a minute "
+                    "of samples; rss_end_mb is taken once the clients have stopped (idle)",
         "sessions_left": left, "p99_health_ms": p99([ms for _, ms in health_ms]),
         "max_health_ms": round(max(ms for _, ms in health_ms), 1), "health_polls": len(health_ms),
         "drain": drain, "kill_restart": restart, "server_log_tracebacks": tracebacks,

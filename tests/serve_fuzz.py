@@ -130,7 +130,7 @@ def audio_field():
         st.text(max_size=40),
         json_values(3),
         st.sampled_from(["", "=", "AAA", "A" * 4097, "////", "AA==AA==", " AAAA", "AAAA\n"]),
-        st.sampled_from(["big", "oversized"]).map(big_audio),
+        st.integers(0, 29).map(lambda k: big_audio(("big", "oversized")[k]) if k < 2 else b64(bytes(333 * k))),
     )
 
 
@@ -242,8 +242,8 @@ async def run_ws_case(served, query: str, frames: list, timeout: float = 60.0) -
         await ws.close()
 
 
-def run_http_case(served, fields, file, mangle: str, junk: bytes, headers=None, timeout: float = 60.0) -> int:
-    """POST one fuzzed form; the status (200 with a valid body, else an error in OpenAI's shape)."""
+def form_body(fields, file, mangle: str, junk: bytes) -> tuple[bytes, str]:
+    """The body and Content-Type of one fuzzed upload (forms())."""
     files = [("file", "upload", file)] if file is not None else []
     body, ctype = multipart([(n, v) for n, v, as_file in fields if not as_file],
                             files + [(n, "x", v if isinstance(v, bytes) else v.encode("utf-8", "surrogatepass"))
@@ -257,12 +257,15 @@ def run_http_case(served, fields, file, mangle: str, junk: bytes, headers=None, 
         ctype = "multipart/form-data; boundary=" + junk.hex()[:70]
     elif mangle == "garbage":
         body = junk + body[len(junk):]
-    status, h, answer = request(served, "POST", "/v1/audio/transcriptions", body,
-                                {"Content-Type": ctype, **(headers or {})}, timeout=timeout)
+    return body, ctype
+
+
+def check_http_answer(status: int, headers: dict, answer: bytes) -> None:
+    """200 with a valid body, else an error in OpenAI's shape (never a 5xx but 503)."""
     if status != 200:
         check_error_body(status, answer)
-        return status
-    kind = h.get("content-type", "")
+        return
+    kind = headers.get("content-type", "")
     if kind.startswith("application/json"):
         doc = json.loads(answer)
         assert isinstance(doc.get("text"), str), doc
@@ -272,6 +275,14 @@ def run_http_case(served, fields, file, mangle: str, junk: bytes, headers=None, 
         assert last.get("type") == "transcript.text.done" or "error" in last, last
     else:
         answer.decode("utf-8")
+
+
+def run_http_case(served, fields, file, mangle: str, junk: bytes, headers=None, timeout: float = 60.0) -> int:
+    """POST one fuzzed form to a running server; its status."""
+    body, ctype = form_body(fields, file, mangle, junk)
+    status, h, answer = request(served, "POST", "/v1/audio/transcriptions", body,
+                                {"Content-Type": ctype, **(headers or {})}, timeout=timeout)
+    check_http_answer(status, h, answer)
     return status
 
 
@@ -356,3 +367,94 @@ def pcm_chunk_lists():
     return st.tuples(st.lists(st.binary(max_size=501).map(b64) | audio_field().filter(lambda a: a not in
                      (big_audio("big"), big_audio("oversized"))), max_size=8),
                      st.sampled_from([16000, 24000]))
+
+
+# -- the app in this process (no sockets) ------------------------------------------------
+
+class AppDriver:
+    """The server's ASGI app and a real engine in this process, driven without sockets:
+    the same routes and protocol code as `voxnp serve` minus uvicorn, at hundreds of
+    cases a second. Frames over the websocket limit (which uvicorn refuses) are not sent."""
+
+    def __init__(self, model_dir, max_upload_mb: float = 4.0, timeout: float = 5.0):
+        import voxnp
+        from voxnp.server.app import Server, build_app
+        from voxnp.server.engine import Engine
+
+        self.engine = Engine(voxnp.load(model_dir), max_sessions=64, interval=0.5)
+        self.engine.start()
+        assert self.engine.ready.wait(300), "the engine did not warm up"
+        self.server = Server(self.engine, max_upload_mb=max_upload_mb, timeout=timeout)
+        self.app = build_app(self.server)
+        self.loop = asyncio.new_event_loop()                    # one loop, as under uvicorn
+
+    def run(self, coroutine):
+        return self.loop.run_until_complete(coroutine)
+
+    def scope(self, kind: str, path: str, headers: dict, query: str = "") -> dict:
+        return {"type": kind, "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+                "scheme": "http" if kind == "http" else "ws", "path": path, "raw_path": path.encode(),
+                "query_string": query.lstrip("?").encode("latin-1"), "root_path": "", "state": {},
+                "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+                "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "subprotocols": []}
+
+    async def post(self, body: bytes, headers: dict) -> tuple[int, dict, bytes]:
+        scope = self.scope("http", "/v1/audio/transcriptions", {**headers, "content-length": str(len(body))})
+        scope["method"] = "POST"
+        chunks = [body[i:i + 65536] for i in range(0, len(body), 65536)] or [b""]
+        pending = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+        answer = {"status": None, "headers": {}, "body": []}
+
+        async def receive():
+            if pending:
+                return pending.pop(0)
+            await asyncio.Event().wait()                         # the client stays: until cancelled
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
+                answer["headers"] = {k.decode().lower(): v.decode() for k, v in message.get("headers", [])}
+            elif message["type"] == "http.response.body":
+                answer["body"].append(message.get("body", b""))
+
+        await asyncio.wait_for(self.app(scope, receive, send), 60)
+        return answer["status"], answer["headers"], b"".join(answer["body"])
+
+    async def websocket(self, query: str, frames: list, timeout: float = 30.0) -> int:
+        """The frames, then a probe that must be answered; every event checked. The
+        number of answers."""
+        scope = self.scope("websocket", "/v1/realtime", {"host": "127.0.0.1"}, query)
+        inbox = [{"type": "websocket.connect"}]
+        inbox += [{"type": "websocket.receive", kind: frame} for kind, frame in frames if len(frame) <= WS_FRAME_LIMIT]
+        inbox.append({"type": "websocket.receive", "text": json.dumps({"type": PROBE})})
+        answered, events = asyncio.Event(), []
+
+        async def receive():
+            if inbox:
+                return inbox.pop(0)
+            await answered.wait()
+            return {"type": "websocket.disconnect", "code": 1000}
+
+        async def send(message):
+            if message["type"] == "websocket.send":
+                event = json.loads(message["text"])
+                events.append(event)
+                if event["type"] != "session.created":
+                    check_ws_event(event)
+                if event["type"] == "error" and PROBE in message["text"]:
+                    answered.set()
+            elif message["type"] == "websocket.close":
+                answered.set()
+
+        await asyncio.wait_for(self.app(scope, receive, send), timeout)
+        assert any(e["type"] == "error" and PROBE in json.dumps(e) for e in events), events[-3:]
+        assert self.engine.n_sessions == 0
+        return len(events)
+
+
+def run_app_http_case(driver: AppDriver, fields, file, mangle: str, junk: bytes) -> int:
+    """run_http_case's form through the in-process app."""
+    body, ctype = form_body(fields, file, mangle, junk)
+    status, h, answer = driver.run(driver.post(body, {"content-type": ctype}))
+    check_http_answer(status, h, answer)
+    return status

@@ -124,3 +124,41 @@ def test_malformed_multipart_does_not_fill_the_log(served):
         H.check_error_body(status, answer, allowed=(400,))
     new = served.log.read_text()[len(before):]
     assert "boundary" not in new.lower(), new
+
+
+@pytest.fixture(scope="module")
+def app_driver(tiny_dir):
+    driver = F.AppDriver(tiny_dir)
+    yield driver
+    driver.engine.stop()
+    driver.loop.close()
+
+
+def test_app_fuzz_without_sockets(app_driver):
+    """The soak's in-process cases (the app and a real engine, no uvicorn) hold the same
+    properties: every answer in its protocol's shape, the probe answered, no session left."""
+    @settings(CI, max_examples=30)
+    @given(F.ws_cases(), F.forms())
+    def case(ws_case, form):
+        app_driver.run(app_driver.websocket(*ws_case))
+        F.run_app_http_case(app_driver, *form)
+
+    case()
+    assert app_driver.engine.n_sessions == 0
+
+
+def test_a_header_claiming_billions_of_samples_allocates_nothing_of_the_kind():
+    """Was a MemoryError (a 500, or tens of GB taken on a large machine): soundfile's read
+    allocated the sample count a damaged FLAC header claimed before decoding anything."""
+    from voxnp.errors import VoxnpError
+    from voxnp.server.pcm import decode_upload
+
+    data = bytearray(F.sample_files()["flac"])
+    assert data[:4] == b"fLaC"
+    field = int.from_bytes(data[18:26], "big")                 # STREAMINFO: ... 36 bits of total samples
+    data[18:26] = ((field & ~((1 << 36) - 1)) | (1 << 35)).to_bytes(8, "big")
+    try:
+        x = decode_upload(bytes(data), "upload")
+    except VoxnpError:
+        return
+    assert len(x) < 16000 * 5                                   # the half second the file holds

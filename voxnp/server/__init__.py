@@ -6,6 +6,7 @@ OpenAI's dialects), many streams at once on one model.
     realtime.py        WS /v1/realtime, both dialects
     engine.py          the worker thread that owns the model and every session's Stream
     lifecycle.py       SIGTERM: drain the sessions, then exit 0
+    heap.py            freed memory goes back to the system (a server runs for weeks)
     pcm.py             uploads and base64 PCM16 chunks -> float32 16 kHz
     errors.py          errors in OpenAI's and vLLM's shapes
 
@@ -56,6 +57,7 @@ def main(model=None, host: str = "127.0.0.1", port: int = 8000, api_key: str | N
 
         from .app import Server, build_app
         from .engine import Engine
+        from .heap import limit_heap_growth
         from .lifecycle import DrainingServer
     except ImportError as e:
         raise VoxnpError(f"voxnp serve needs the `serve` extra ({e.name} is missing): "
@@ -71,6 +73,7 @@ def main(model=None, host: str = "127.0.0.1", port: int = 8000, api_key: str | N
     if max_upload_mb <= 0 or interval < 0 or timeout <= 0 or drain < 0:
         raise VoxnpError("--max-upload-mb and --timeout must be > 0, --interval and --drain >= 0")
     setup_logging(log_level)
+    limit_heap_growth()
     try:
         rows_option("--speculate", speculate, 0, MAX_ROWS - 1)
     except ValueError as e:

@@ -36,22 +36,10 @@ import numpy as np
 
 from ..scheduler import Scheduler
 from ..stream import Stream
+from . import heap
 
 log = logging.getLogger("voxnp.server")
-TRIM_EVERY_S = 10.0
-
-
-def _malloc_trim():
-    """glibc's malloc_trim, or None (another C library)."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-malloc_trim = _malloc_trim()
+TRIM_EVERY_S = 10.0             # seconds between returns of free heap pages (heap.py)
 
 
 class Busy(Exception):
@@ -256,15 +244,11 @@ class Engine:
             self._trim_memory()
 
     def _trim_memory(self) -> None:
-        """Every TRIM_EVERY_S, hand the C heap's free pages back to the system (glibc's
-        malloc_trim): uploads and large websocket frames allocate tens of MB at a time,
-        and glibc keeps freed blocks of that size in its arenas, so without this the
-        resident memory of a busy server creeps up instead of returning to idle."""
+        """Every TRIM_EVERY_S, hand the C heap's free pages back to the system (heap.py)."""
         now = time.monotonic()
-        if now - self._trimmed < TRIM_EVERY_S or malloc_trim is None:
-            return
-        self._trimmed = now
-        malloc_trim(0)
+        if now - self._trimmed >= TRIM_EVERY_S:
+            self._trimmed = now
+            heap.trim()
 
     def _until_next_round(self, last_round: float) -> float | None:
         """Seconds until the next round is due (0: now; None: when a command comes).

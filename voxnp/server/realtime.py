@@ -143,12 +143,13 @@ class Connection:
         reading = asyncio.ensure_future(self._read())
         draining = asyncio.ensure_future(self.server.draining.wait())
         try:
-            await asyncio.wait({reading, draining}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({reading, draining}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             draining.cancel()
             if not reading.done():
                 reading.cancel()
-        if reading.done() and not reading.cancelled():
+                await asyncio.gather(reading, return_exceptions=True)
+        if reading in done:
             return reading.result()
         raise Hangup("the server is shutting down: reconnect and send the audio again",
                      "server_shutting_down", 1012)
