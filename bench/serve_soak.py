@@ -451,7 +451,7 @@ def main(model=None, weights="bf16", clients: int = 4, minutes: float = 30.0, se
                              "faults": c.get("faults_injected", 0), "net_fuzz": sum(tally.fuzz.values()),
                              "checked": c.get("transcripts_checked", 0), "wrong": c.get("wrong_transcripts", 0),
                              "unclean": c.get("unclean_errors", 0), "rss_mb": round(rss[-1][1], 1),
-                             "health_p99_ms": p99(recent)})
+                             "health_p99_ms": p99(recent), "load1": round(os.getloadavg()[0], 1)})
                 print_table(rows[-1:], header=minute == 1)
                 minute += 1
         stop.set()
