@@ -12,8 +12,11 @@ The server runs as a real process on loopback (`python -m voxnp.server`, --timeo
   faults     disconnect mid-upload, mid-decode, mid-SSE and mid-stream, a slow consumer,
              a slowloris upload (408), an idle websocket (closed after --timeout)
   fuzz       Hypothesis cases on the websocket and the upload route (tests/serve_fuzz.py)
-and one more process fuzzes the decoders in-process: the upload decoder, the stdin
-reader and the base64 PCM chunks (no server involved; counted apart).
+and one more process (spawned, on core 0) fuzzes without sockets: the upload decoder,
+the stdin reader, the base64 PCM chunks, and the server's app with an engine of its own
+driven in-process (tests/serve_fuzz.py AppDriver); its cases are counted apart
+(`in_process_*` in fuzz_cases_by_kind). The load generators run at nice 5, below the
+server and the /health monitor.
 Every completed transcript is compared with the offline transcript of the same samples
 (json/text/srt/vtt/verbose_json/SSE/realtime). At the end: the sessions left, then
 SIGTERM while sessions run (drain: exit 0 within a bound, websockets told, requests

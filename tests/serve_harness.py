@@ -215,14 +215,20 @@ def upload_head(served, body_length: int, ctype: str) -> bytes:
             f"Content-Type: {ctype}\r\nContent-Length: {body_length}\r\n\r\n").encode()
 
 
-def read_response(s: socket.socket) -> tuple[int, bytes]:
-    """(status, body) of the HTTP/1.1 response on a raw socket (read to close or length)."""
+def recv_until(s, marker: bytes) -> bytes:
+    """What a socket sends until `marker` has come (or the socket closes)."""
     data = b""
-    while b"\r\n\r\n" not in data:
+    while marker not in data:
         more = s.recv(65536)
         if not more:
             break
         data += more
+    return data
+
+
+def read_response(s) -> tuple[int, bytes]:
+    """(status, body) of the HTTP/1.1 response on a raw socket (read to close or length)."""
+    data = recv_until(s, b"\r\n\r\n")
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
@@ -258,12 +264,7 @@ def disconnect_mid_sse(served, wav: bytes) -> dict:
     body, ctype = multipart([("stream", "true")], [("file", "a.wav", wav)])
     with raw_socket(served) as s:
         s.sendall(upload_head(served, len(body), ctype) + body)
-        data = b""
-        while b"data:" not in data:
-            more = s.recv(4096)
-            if not more:
-                break
-            data += more
+        data = recv_until(s, b"data:")
     assert data.startswith(b"HTTP/1.1 200") or data.startswith(b"HTTP/1.1 503"), data[:200]
     return {"fault": "disconnect_mid_sse"}
 

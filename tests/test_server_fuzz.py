@@ -162,3 +162,32 @@ def test_a_header_claiming_billions_of_samples_allocates_nothing_of_the_kind():
     except VoxnpError:
         return
     assert len(x) < 16000 * 5                                   # the half second the file holds
+
+
+MP3_BOMB = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))    # a regression fails, not the machine
+sys.path.insert(0, sys.argv[1])
+import serve_fuzz as F
+from voxnp.server.pcm import decode_upload
+data = bytearray(F.sample_files()["mp3"])
+tag = max(data.find(b"Xing"), data.find(b"Info"))
+data[tag + 8:tag + 12] = (0x7FFFFFFF).to_bytes(4, "big")       # the Xing header's frame count
+print(len(decode_upload(bytes(data), "upload")))
+"""
+
+
+def test_an_mp3_claiming_billions_of_frames_reads_what_it_holds(tmp_path):
+    """Found by the soak (the server grew to 23 GB and was killed): SoundFile.blocks, which
+    replaced sf.read's up-front allocation, yields blocks until the header's frame count
+    is reached, copies of a stale buffer past the end of the data."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if "mp3" not in F.sample_files():
+        pytest.skip("this libsndfile writes no MP3")
+    run = subprocess.run([sys.executable, "-c", MP3_BOMB, str(Path(__file__).parent)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert int(run.stdout.split()[-1]) < 16000                  # the half second the file holds
