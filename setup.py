@@ -39,10 +39,11 @@ setup(
                       "soundfile>=0.12", "soxr>=0.3", "fire>=0.5", "threadpoolctl>=3",
                       "huggingface_hub>=0.20"],   # `voxnp download`
     extras_require={
-        # the tests cover the server (driven by the real `openai` client) and Ray batch jobs
-        # selenium drives Debian's chromium (the page); sounddevice: --from-mic through PulseAudio
-        "test": ["pytest>=7", "mistral_common>=1.5", "openai[realtime]>=1.102", "selenium>=4.11",
-                 "sounddevice>=0.4"] + SERVE + RAY + NVRTC,
+        # the tests cover the server (driven by the real `openai` client, fuzzed with Hypothesis)
+        # and Ray batch jobs; selenium drives Debian's chromium (the page); sounddevice:
+        # --from-mic through PulseAudio
+        "test": ["pytest>=7", "hypothesis>=6.100", "mistral_common>=1.5", "openai[realtime]>=1.102",
+                 "selenium>=4.11", "sounddevice>=0.4"] + SERVE + RAY + NVRTC,
         "mic": ["sounddevice>=0.4"],
         "gpu": ["cupy-cuda12x>=13"],
         "bench": ["mistral_common>=1.5"],

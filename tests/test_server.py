@@ -5,20 +5,18 @@ input answered in OpenAI's/vLLM's shapes while the server keeps serving."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import http.client
 import json
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import shared_audio
+from serve_harness import b64, free_port, multipart, pcm16, request
 
 for _package in ("starlette", "uvicorn", "websockets", "openai"):
     pytest.importorskip(_package)
@@ -51,12 +49,6 @@ class Served:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -106,29 +98,6 @@ def server(tiny_dir, tmp_path_factory, cli_run):
     stop_served(served)
 
 
-def request(served, method, path, body=b"", headers=None):
-    """(status, headers, body) of one HTTP request (no client library, no retries)."""
-    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        r = conn.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        conn.close()
-
-
-def multipart(fields=(), files=()) -> tuple[bytes, str]:
-    """A multipart/form-data body: fields [(name, text)], files [(name, filename, bytes)]."""
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for name, filename, data in files:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
 def post_form(served, fields=(), files=(), key=KEY):
     body, ctype = multipart(fields, files)
     headers = {"Content-Type": ctype, **({"Authorization": f"Bearer {key}"} if key else {})}
@@ -142,15 +111,6 @@ def assert_openai_error(status, body, expected_status, param=None):
     assert "Traceback" not in body["error"]["message"]
     if param is not None:
         assert body["error"]["param"] == param
-
-
-def pcm16(samples: np.ndarray) -> bytes:
-    """Samples read by load_audio are v / 32768 of 16-bit values: exactly back to PCM16."""
-    return np.round(samples * 32768).astype("<i2").tobytes()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def sessions(served) -> int:

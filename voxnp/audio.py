@@ -74,7 +74,7 @@ def load_audio(path: str | Path, raw: bool = False) -> np.ndarray:
         x, rate = read_raw(path), MODEL_RATE
     else:
         try:
-            x, rate = sf.read(path, dtype="float32", always_2d=False)
+            x, rate = read_soundfile(path)
         except sf.LibsndfileError as e:
             x, rate = _decode_with_ffmpeg(path, str(e))
         except OSError as e:
@@ -88,6 +88,28 @@ def load_audio(path: str | Path, raw: bool = False) -> np.ndarray:
         raise VoxnpError(f"{path}: too short ({len(x)} samples at {MODEL_RATE} Hz, "
                          f"need at least {MIN_SAMPLES} = 10 ms)")
     return x
+
+
+def read_soundfile(path: Path, block_bytes: int = 4 * 1024 * 1024) -> tuple[np.ndarray, int]:
+    """(float32 samples [n] or [n, channels], rate) through soundfile, read in blocks of at
+    most `block_bytes` until a block comes short: memory follows the samples the file
+    holds, not the count its header claims (sf.read allocates that count up front, and
+    SoundFile.blocks runs to it: a damaged FLAC or MP3 header claiming billions of
+    samples asked for tens of GB)."""
+    import soundfile as sf
+
+    with sf.SoundFile(path) as f:
+        channels, rate = f.channels, f.samplerate
+        frames = max(1, block_bytes // (4 * channels))
+        blocks = []
+        while True:
+            block = f.read(frames, dtype="float32", always_2d=True)
+            if len(block):
+                blocks.append(block)
+            if len(block) < frames:
+                break
+    x = np.concatenate(blocks) if blocks else np.zeros((0, channels), np.float32)
+    return (x[:, 0] if channels == 1 else x), rate
 
 
 def read_raw(path: Path) -> np.ndarray:

@@ -168,6 +168,10 @@ COMMANDS = {c.name: c for c in (
                     kind="switch"),
              Option("interval", 0.5, "seconds of audio between runs of the network (how often "
                     "deltas go out)", type=float, short=("-I",), low=0.0, metavar="SECONDS"),
+             Option("timeout", 60.0, "seconds a client may stall: an upload with no data gets 408, "
+                    "an idle websocket is closed", type=float, low=0.0, metavar="SECONDS"),
+             Option("drain", 10.0, "on SIGTERM, seconds running requests get to finish (then 503)",
+                    type=float, low=0.0, metavar="SECONDS"),
              SPECULATE, THREADS, BACKEND)),
     Command("batch", "batch:batch_command", "transcribe a corpus into DIR: one output per input "
             "(written atomically) and manifest.jsonl; runs again resume; here or on a Ray cluster",
@@ -615,7 +619,7 @@ def quantize(model, *, to, out):
 
 
 def serve(*, model, host, port, api_key, weights, max_sessions, max_upload_mb, served_name,
-          strict_model, interval, speculate, threads, backend):
+          strict_model, interval, timeout, drain, speculate, threads, backend):
     """Run the server (options: COMMANDS["serve"])."""
     try:
         from . import server
@@ -623,8 +627,8 @@ def serve(*, model, host, port, api_key, weights, max_sessions, max_upload_mb, s
         raise VoxnpError(f"voxnp serve needs its extra: pip install \"voxnp[serve]\" ({e})") from None
     server.main(model=model, host=host, port=port, api_key=api_key, weights=weights,
                 max_sessions=max_sessions, max_upload_mb=max_upload_mb, served_name=served_name,
-                strict_model=strict_model, interval=interval, speculate=speculate, threads=threads,
-                backend=backend)
+                strict_model=strict_model, interval=interval, timeout=timeout, drain=drain,
+                speculate=speculate, threads=threads, backend=backend)
 
 
 def checkpoint(out, *, preset, seed, overwrite):

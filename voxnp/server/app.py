@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -23,7 +24,8 @@ from starlette.routing import Route, WebSocketRoute
 from ..errors import VoxnpError
 from . import DEFAULT_SERVED_NAME
 from .engine import Engine
-from .errors import ApiError, error_response, loading_error, log, on_api_error, on_http_exception, on_unexpected
+from .errors import (ApiError, error_response, loading_error, log, on_api_error, on_http_exception, on_unexpected,
+                     shutting_down_error)
 from .page import index, is_page_path, static_file
 from .realtime import realtime_endpoint
 from .recent import Recent
@@ -40,8 +42,13 @@ class Server:
     api_key: str | None = None
     max_upload_mb: float = 25.0
     strict_model: bool = False
+    timeout: float = 60.0        # seconds a client may stall (upload, websocket); see transcriptions, realtime
     created: int = field(default_factory=lambda: int(time.time()))
     recent: Recent = field(default_factory=Recent)    # finished uploads: their other formats
+    # set on SIGTERM (lifecycle.py): new work gets 503, websockets are told and closed;
+    # then, once the grace period is over, requests still running answer 503
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
+    drain_expired: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def max_backlog_samples(self) -> int:
@@ -49,6 +56,8 @@ class Server:
         return int(self.max_upload_mb * 1024 * 1024) // 2
 
     def check_ready(self) -> None:
+        if self.draining.is_set():
+            raise shutting_down_error()
         if self.engine.failed:
             raise ApiError(500, self.engine.failed, type="server_error")
         if not self.engine.ready.is_set():
@@ -85,6 +94,8 @@ async def health(request: Request) -> JSONResponse:
     status, code = ("ok", 200) if engine.ready.is_set() else ("loading model", 503)
     if engine.failed:
         status, code = engine.failed, 500
+    elif server.draining.is_set():
+        status, code = "shutting down", 503
     return JSONResponse({"status": status, "sessions": engine.n_sessions, "max_sessions": engine.max_sessions,
                          "backlog_s": round(engine.backlog_s(), 3)}, status_code=code)
 

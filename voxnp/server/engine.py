@@ -36,8 +36,10 @@ import numpy as np
 
 from ..scheduler import Scheduler
 from ..stream import Stream
+from . import heap
 
 log = logging.getLogger("voxnp.server")
+TRIM_EVERY_S = 10.0             # seconds between returns of free heap pages (heap.py)
 
 
 class Busy(Exception):
@@ -66,6 +68,7 @@ class Session:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.inbox: deque = deque()             # (op, samples | None); guarded by the engine's lock
         self.queued = 0                         # samples in the inbox: audio not yet run
+        self.unanswered = 0                     # flush/finish/reset whose marker has not arrived
         self.closed = False
         self.audio_s = 0.0                      # seconds of audio fed (worker-written)
         self.work_s = 0.0                       # seconds of worker time spent on it
@@ -78,13 +81,21 @@ class Session:
             self._engine.submit(self, "feed", samples)
 
     def flush(self) -> None:
+        self.unanswered += 1
         self._engine.submit(self, "flush")
 
     def finish(self) -> None:
+        self.unanswered += 1
         self._engine.submit(self, "finish")
 
     def reset(self) -> None:
+        self.unanswered += 1
         self._engine.submit(self, "reset")
+
+    @property
+    def idle(self) -> bool:
+        """No audio waiting for the worker and no command waiting for its answer."""
+        return not self.queued and not self.unanswered
 
     def close(self) -> None:
         self._engine.close(self)
@@ -102,6 +113,8 @@ class Session:
     def _put(self, events: list[Event]) -> None:
         if not self.closed:
             for e in events:
+                if e.kind != "tokens":
+                    self.unanswered = max(0, self.unanswered - 1)
                 self.events.put_nowait(e)
 
 
@@ -138,6 +151,7 @@ class Engine:
         self._streams: dict[str, object] = {}   # session id -> Stream; worker thread only
         self._ids = itertools.count(1)
         self._stop = False
+        self._trimmed = time.monotonic()
         self._thread = threading.Thread(target=self._work, name="voxnp-engine", daemon=True)
 
     # -- the asyncio side -------------------------------------------------
@@ -219,12 +233,22 @@ class Engine:
         while True:
             with self._cond:
                 while (wait := self._until_next_round(last_round)) != 0:
-                    self._cond.wait(timeout=wait)
+                    if wait is None:                # idle: what the last requests freed goes back too
+                        self._trim_memory()
+                    self._cond.wait(timeout=wait if wait is not None else TRIM_EVERY_S)
                 if self._stop:
                     return
                 last_round = time.monotonic()
                 batch = [(s, self._take(s)) for s in list(self._sessions.values()) if s.inbox]
             self._round(batch)
+            self._trim_memory()
+
+    def _trim_memory(self) -> None:
+        """Every TRIM_EVERY_S, hand the C heap's free pages back to the system (heap.py)."""
+        now = time.monotonic()
+        if now - self._trimmed >= TRIM_EVERY_S:
+            self._trimmed = now
+            heap.trim()
 
     def _until_next_round(self, last_round: float) -> float | None:
         """Seconds until the next round is due (0: now; None: when a command comes).

@@ -33,6 +33,20 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+def shown(value, limit: int = 80) -> str:
+    """A client's value, safe to echo in an error message: text (lone surrogates, which
+    UTF-8 cannot carry, replaced), at most `limit` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > limit:
+        text = text[:limit] + f"... ({len(text)} characters)"
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def shutting_down_error() -> ApiError:
+    return ApiError(503, "the server is shutting down; retry shortly", type="server_error",
+                    code="server_shutting_down", headers={"Retry-After": "1"})
+
+
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}

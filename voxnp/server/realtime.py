@@ -26,11 +26,21 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .engine import Busy
-from .errors import busy_error, error_body, log, openai_error, vllm_error
+from .errors import busy_error, error_body, log, openai_error, shown, shutting_down_error, vllm_error
 from .pcm import PcmChunks
 
 TRANSCRIPT_EVENTS = ("transcription.done", "conversation.item.input_audio_transcription.completed")
 OPENAI_RATES = (24000, 16000)   # OpenAI's realtime input is 24 kHz unless declared 16 kHz
+BIG_MESSAGE = 256 * 1024        # characters: parsed and decoded off the event loop (it answers /health meanwhile)
+MAX_UNSENT_EVENTS = 64          # results waiting for a client that does not read: stop reading its audio
+
+
+class Hangup(Exception):
+    """The server ends a connection: `code` and `message` go to the client first."""
+
+    def __init__(self, message: str, code: str, close_code: int):
+        super().__init__(message)
+        self.message, self.code, self.close_code = message, code, close_code
 
 
 def new_id(prefix: str) -> str:
@@ -49,6 +59,9 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
     delay_ms = websocket.query_params.get("delay_ms")     # voxnp's own (the page's delay setting)
     if not server.authorized(websocket.headers):
         problem = (401, error_body("missing or wrong API key (Authorization: Bearer KEY)", code="invalid_api_key"), {})
+    elif server.draining.is_set():
+        e = shutting_down_error()
+        problem = (503, error_body(e.message, e.type, code=e.code), e.headers)
     elif not server.engine.ready.is_set():
         problem = (503, error_body("the model is still loading; retry shortly", type="server_error"),
                    {"Retry-After": "2"})
@@ -90,6 +103,7 @@ class Connection:
         self.transcripts = 0                      # transcription.done / items completed
         self.errors = 0                           # error events sent
         self._send_lock = asyncio.Lock()
+        self.last_sent = time.monotonic()
 
     async def run(self) -> None:
         started = time.monotonic()
@@ -97,17 +111,21 @@ class Connection:
         await self.send({"type": "session.created", "event_id": new_id("event"), "id": self.id,
                          "created": int(time.time()), "session": self.describe(rate)})
         results = asyncio.create_task(self._results())
+        outcome = "closed by the client"
         try:
-            await self._read()
+            await self._read_until_drained()
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass                                  # the client went away while we were sending
+        except Hangup as e:
+            outcome = e.code
+            await self._hang_up(e)
         finally:
             results.cancel()
             self.session.close()
             name = type(self.dialect).__name__.replace("Dialect", "").lower() if self.dialect else "-"
-            log.info("%s realtime (%s): audio %.1f s, work %.2f s, %.1f s open, %d transcripts, %d errors",
+            log.info("%s realtime (%s): audio %.1f s, work %.2f s, %.1f s open, %d transcripts, %d errors, %s",
                      self.id, name, self.session.audio_s, self.session.work_s, time.monotonic() - started,
-                     self.transcripts, self.errors)
+                     self.transcripts, self.errors, outcome)
 
     def describe(self, rate: int) -> dict:
         name = self.server.served_name
@@ -118,18 +136,57 @@ class Connection:
     async def send(self, event: dict) -> None:
         self.errors += event["type"] == "error"
         self.transcripts += event["type"] in TRANSCRIPT_EVENTS
+        text = json.dumps(event, ensure_ascii=False)
+        try:
+            text.encode()
+        except UnicodeEncodeError:                # a lone surrogate: only \u escapes carry it
+            text = json.dumps(event)
         async with self._send_lock:
-            await self.ws.send_text(json.dumps(event, ensure_ascii=False))
+            await self.ws.send_text(text)
+        self.last_sent = time.monotonic()
+
+    async def _read_until_drained(self) -> None:
+        """Read the client's events until it leaves; Hangup when the server drains."""
+        reading = asyncio.ensure_future(self._read())
+        draining = asyncio.ensure_future(self.server.draining.wait())
+        try:
+            done, _ = await asyncio.wait({reading, draining}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            draining.cancel()
+            if not reading.done():
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
+        if reading in done:
+            return reading.result()
+        raise Hangup("the server is shutting down: reconnect and send the audio again",
+                     "server_shutting_down", 1012)
+
+    async def _hang_up(self, e: Hangup) -> None:
+        """Tell the client why (unless it does not read: then within 1 s), then close."""
+        try:
+            await asyncio.wait_for(self._error(e.message, e.code), 1.0)
+            await asyncio.wait_for(self.ws.close(e.close_code), 1.0)
+        except (asyncio.TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
+            pass
 
     def model_problem(self, name) -> str | None:
         """With --strict-model, a model name other than the served one is refused."""
         if name is None or not self.server.strict_model or name == self.server.served_name:
             return None
-        return f"the model `{name}` does not exist (this server serves `{self.server.served_name}`)"
+        return f"the model `{shown(name)}` does not exist (this server serves `{self.server.served_name}`)"
 
     async def _read(self) -> None:
+        timeout = self.server.timeout
         while True:
-            message = await self.ws.receive()
+            if self.session.events.qsize() > MAX_UNSENT_EVENTS:
+                await self._wait_for_reader()
+            try:
+                message = await asyncio.wait_for(self.ws.receive(), timeout)
+            except asyncio.TimeoutError:
+                if self.session.idle and time.monotonic() - self.last_sent >= timeout:
+                    raise Hangup(f"no event for {timeout:g} s: closing the session (send audio or "
+                                 "close the socket)", "idle_timeout", 1000) from None
+                continue                          # the server still owes results: not idle
             if message["type"] == "websocket.disconnect":
                 return
             text = message.get("text")
@@ -138,7 +195,7 @@ class Connection:
                                   "invalid_event")
                 continue
             try:
-                event = json.loads(text)
+                event = await asyncio.to_thread(json.loads, text) if len(text) > BIG_MESSAGE else json.loads(text)
             except ValueError:
                 await self._error("the message is not valid JSON", "invalid_json")
                 continue
@@ -153,9 +210,26 @@ class Connection:
             except (WebSocketDisconnect, RuntimeError, OSError):
                 raise
             except Exception as e:                # noqa: BLE001 -- a bug must not end the session
-                log.error("%s: error handling %s", self.id, event["type"], exc_info=e)
-                await self._error(f"internal error handling {event['type']} (logged on the server)",
+                log.error("%s: error handling %s", self.id, shown(event["type"]), exc_info=e)
+                await self._error(f"internal error handling {shown(event['type'])} (logged on the server)",
                                   "processing_error")
+
+    async def _wait_for_reader(self) -> None:
+        """A client that does not read its results: read none of its audio (the socket's
+        buffers fill and the client's sends wait) until it catches up; Hangup after
+        --timeout seconds of this."""
+        deadline = time.monotonic() + self.server.timeout
+        while self.session.events.qsize() > MAX_UNSENT_EVENTS // 2:
+            if time.monotonic() > deadline:
+                raise Hangup(f"results were not read for {self.server.timeout:g} s: closing the session",
+                             "slow_consumer", 1008)
+            await asyncio.sleep(0.05)
+
+    async def decode(self, pcm: PcmChunks, audio):
+        """pcm.decode(audio), a large chunk on a thread (ValueError as pcm.decode)."""
+        if isinstance(audio, str) and len(audio) > BIG_MESSAGE:
+            return await asyncio.to_thread(pcm.decode, audio)
+        return pcm.decode(audio)
 
     def backlog_problem(self, n: int) -> str | None:
         """Why n more samples cannot be queued (too much audio waiting), or None."""
@@ -198,7 +272,7 @@ class VllmDialect:
                 await self.error(problem, "model_not_found")
         elif kind == "input_audio_buffer.append":
             try:
-                samples = self.pcm.decode(event.get("audio"))
+                samples = await self.conn.decode(self.pcm, event.get("audio"))
             except ValueError as e:
                 return await self.error(f"invalid audio data: {e}", "invalid_audio")
             problem = self.conn.backlog_problem(len(samples))
@@ -211,7 +285,7 @@ class VllmDialect:
                 self.conn.session.finish()
             # a non-final commit starts transcribing: audio is already decoded as it arrives
         else:
-            await self.error(f"unknown event type '{kind}'", "unknown_event")
+            await self.error(f"unknown event type '{shown(kind)}'", "unknown_event")
 
     async def on_result(self, event) -> None:
         if event.kind == "tokens":
@@ -255,6 +329,7 @@ class OpenAIDialect:
     async def error(self, message: str, code: str, param: str | None = None,
                     event: dict | None = None, type: str = "invalid_request_error") -> None:
         client_id = event.get("event_id") if event else None
+        client_id = shown(client_id, 64) if isinstance(client_id, str) else None
         await self.conn.send(openai_error(new_id("event"), message, code, type=type, param=param,
                                           client_event_id=client_id))
 
@@ -274,7 +349,7 @@ class OpenAIDialect:
                 self.conn.session.reset()
             await self.conn.send({"type": "input_audio_buffer.cleared", "event_id": new_id("event")})
         else:
-            await self.error(f"unknown or unsupported event type '{kind}' (voxnp serves transcription "
+            await self.error(f"unknown or unsupported event type '{shown(kind)}' (voxnp serves transcription "
                              "sessions: session.update, input_audio_buffer.append/commit/clear)",
                              "unknown_event", event=event)
 
@@ -318,7 +393,7 @@ class OpenAIDialect:
 
     async def append(self, event: dict) -> None:
         try:
-            samples = self.pcm.decode(event.get("audio"))
+            samples = await self.conn.decode(self.pcm, event.get("audio"))
         except ValueError as e:
             return await self.error(f"invalid audio data: {e}", "invalid_audio", "audio", event)
         problem = self.conn.backlog_problem(len(samples))

@@ -23,14 +23,17 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from .. import formats
 from ..errors import VoxnpError
 from .engine import Busy
-from .errors import ApiError, busy_error, error_body, log
+from .errors import ApiError, busy_error, error_body, log, shown, shutting_down_error
 from .pcm import decode_upload
 from .recent import Transcript, upload_key
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 STREAM_FORMATS = ("json", "text")
 GRANULARITIES = ("segment", "word")
+TEXT_FIELDS = ("model", "response_format", "stream", "timestamp_granularities[]", "timestamp_granularities",
+               "language", "prompt", "temperature", "delay_ms")
 MB = 1024 * 1024
+MIN_UPLOAD_RATE = 64 * 1024     # bytes/s an upload must average once it has taken --timeout seconds
 
 
 CLIENT_GONE = object()
@@ -40,18 +43,48 @@ class UploadTooLarge(Exception):
     pass
 
 
-def limited(receive, limit: int):
+class UploadStalled(Exception):
+    pass
+
+
+async def first_of(awaitable, *events: asyncio.Event, timeout: float | None = None):
+    """(True, awaitable's result) if it finishes first; (False, None) if one of `events`
+    is set or `timeout` passes first (the awaitable is then cancelled)."""
+    work = asyncio.ensure_future(awaitable)
+    watches = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait({work, *watches}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in watches:
+            w.cancel()
+        if not work.done():
+            work.cancel()
+    if work.done() and not work.cancelled():
+        return True, work.result()
+    return False, None
+
+
+def limited(receive, limit: int, server):
     """An ASGI receive that raises UploadTooLarge once the body passes `limit` bytes
-    (a client that sends no Content-Length is stopped as early as one that lies)."""
-    seen = 0
+    (a client that sends no Content-Length is stopped as early as one that lies),
+    UploadStalled when no bytes come for --timeout seconds or the upload averages under
+    MIN_UPLOAD_RATE after that long (slowloris), and the 503 of a drain that ran out."""
+    seen, started = 0, time.monotonic()
 
     async def receive_limited():
         nonlocal seen
-        message = await receive()
+        arrived, message = await first_of(receive(), server.drain_expired, timeout=server.timeout)
+        if not arrived:
+            if server.drain_expired.is_set():
+                raise shutting_down_error()
+            raise UploadStalled()
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
                 raise UploadTooLarge()
+            elapsed = time.monotonic() - started
+            if elapsed > server.timeout and seen < MIN_UPLOAD_RATE * elapsed and message.get("more_body"):
+                raise UploadStalled()
         return message
 
     return receive_limited
@@ -61,6 +94,7 @@ async def create_transcription(request: Request) -> Response:
     server = request.app.state.server
     server.check_ready()
     options, data, name = await read_form(request, server)
+    server.check_ready()                                 # draining since the upload began: 503
     try:
         samples = await asyncio.to_thread(decode_upload, data, name)
     except VoxnpError as e:
@@ -86,10 +120,10 @@ async def create_transcription(request: Request) -> Response:
         return done
 
     if options["stream"]:
-        return StreamingResponse(sse_events(session, remember), media_type="text/event-stream",
+        return StreamingResponse(sse_events(session, server, remember), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
-        stream = await until_finished(session, request)
+        stream = await until_finished(session, request, server)
     finally:
         session.close()
         request.state.log += f" work {session.work_s:.2f} s"
@@ -105,13 +139,20 @@ async def read_form(request: Request, server) -> tuple[dict, bytes, str]:
     limit = server.max_upload_mb * MB
     too_large = ApiError(413, f"the upload is larger than the server's limit of {server.max_upload_mb:g} MB",
                          param="file", code="file_too_large")
+    stalled = ApiError(408, f"the upload stalled (no data for {server.timeout:g} s, or under "
+                       f"{MIN_UPLOAD_RATE // 1024} kB/s after that long)", param="file", code="upload_timeout")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit + MB:      # + room for the other form fields
         raise too_large
     try:
-        form = await Request(request.scope, limited(request.receive, limit + MB)).form(max_files=4, max_fields=64)
+        form = await Request(request.scope, limited(request.receive, limit + MB, server)).form(
+            max_files=4, max_fields=64)
     except UploadTooLarge:
         raise too_large from None
+    except UploadStalled:
+        raise stalled from None
+    except ApiError:
+        raise
     except Exception as e:                                  # noqa: BLE001 -- any parse failure is the client's
         detail = getattr(e, "detail", None) or str(e) or type(e).__name__
         raise ApiError(400, f"could not read the form: {detail} "
@@ -137,13 +178,16 @@ def read_options(form, server) -> dict:
         raise ApiError(400, "the `file` field is missing (multipart/form-data with the audio file)", param="file")
     if not isinstance(upload, UploadFile):
         raise ApiError(400, "the `file` field must be a file upload, not text", param="file")
+    for name in TEXT_FIELDS:
+        if any(not isinstance(value, str) for value in form.getlist(name)):
+            raise ApiError(400, f"`{name}` must be a text field, not a file", param=name)
     fmt = form.get("response_format") or "json"
     if fmt not in RESPONSE_FORMATS:
-        raise ApiError(400, f"unknown response_format '{fmt}' (choose from {', '.join(RESPONSE_FORMATS)})",
+        raise ApiError(400, f"unknown response_format '{shown(fmt)}' (choose from {', '.join(RESPONSE_FORMATS)})",
                        param="response_format")
     stream = (form.get("stream") or "false").strip().lower()
     if stream not in ("true", "false"):
-        raise ApiError(400, f"stream must be true or false, got '{stream}'", param="stream")
+        raise ApiError(400, f"stream must be true or false, got '{shown(stream)}'", param="stream")
     stream = stream == "true"
     if stream and fmt not in STREAM_FORMATS:
         raise ApiError(400, f"stream=true works with response_format json or text, not '{fmt}'",
@@ -151,28 +195,29 @@ def read_options(form, server) -> dict:
     granularities = form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")
     for g in granularities:
         if g not in GRANULARITIES:
-            raise ApiError(400, f"unknown timestamp granularity '{g}' (choose from segment, word)",
+            raise ApiError(400, f"unknown timestamp granularity '{shown(g)}' (choose from segment, word)",
                            param="timestamp_granularities[]")
     temperature = form.get("temperature")              # accepted and ignored: decoding is greedy
     if temperature is not None:
         try:
             float(temperature)
         except ValueError:
-            raise ApiError(400, f"temperature must be a number, got '{temperature}'", param="temperature") from None
+            raise ApiError(400, f"temperature must be a number, got '{shown(temperature)}'",
+                           param="temperature") from None
     delay_ms = form.get("delay_ms")
     if delay_ms is not None:
         try:
             server.engine.model.config.audio.delay_tokens(delay_ms)
             delay_ms = float(delay_ms)
         except VoxnpError as e:
-            raise ApiError(400, str(e), param="delay_ms") from None
+            raise ApiError(400, shown(str(e), 200), param="delay_ms") from None
     return {"response_format": fmt, "stream": stream, "words": "word" in granularities,
             "language": form.get("language") or "unknown", "delay_ms": delay_ms}
 
 
-async def until_finished(session, request: Request):
+async def until_finished(session, request: Request, server):
     """Wait for the session's Stream to finish (CLIENT_GONE if the client went away:
-    closing the session then cancels the work)."""
+    closing the session then cancels the work; a 503 if a drain runs out first)."""
     async def transcript():
         while True:
             event = await session.next_event()
@@ -187,25 +232,36 @@ async def until_finished(session, request: Request):
 
     work = asyncio.ensure_future(transcript())
     watch = asyncio.ensure_future(client_gone())
+    expired = asyncio.ensure_future(server.drain_expired.wait())
     try:
-        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({work, watch, expired}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watch.cancel()
+        expired.cancel()
         if not work.done():
             work.cancel()
-    return work.result() if work in done else CLIENT_GONE
+    if work in done:
+        return work.result()
+    if expired in done:
+        raise shutting_down_error()
+    return CLIENT_GONE
 
 
-async def sse_events(session, remember):
+async def sse_events(session, server, remember):
     """text/event-stream: a transcript.text.delta per round of decoded text, then
-    transcript.text.done (no [DONE]); an error mid-stream is one `error` event.
-    Deltas start at the first non-space character, so they add up to `text`.
+    transcript.text.done (no [DONE]); an error mid-stream (or a drain that ran out) is
+    one `error` event. Deltas start at the first non-space character, so they add up to `text`.
     remember(stream) keeps the finished transcript for the upload's other formats."""
     started = time.monotonic()
     sent, outcome = "", "client disconnected"
     try:
         while True:
-            event = await session.next_event()
+            arrived, event = await first_of(session.next_event(), server.drain_expired)
+            if not arrived:
+                e = shutting_down_error()
+                yield sse(error_body(e.message, e.type, code=e.code))
+                outcome = "shutting down"
+                return
             if event.kind == "tokens":
                 delta = "".join(t.text for t in event.tokens)
                 if not sent:
