@@ -97,3 +97,18 @@ def test_bf16_avx2_and_portable_share_the_order():
         with cpu.using(name):
             matmul_bf16(w, x, out[name], 2)
     np.testing.assert_array_equal(out["portable"], out["avx2"])
+
+
+def test_a_cpu_without_avx2_runs_the_portable_twin_with_a_notice(monkeypatch, capsys):
+    before = cpu.active()
+    monkeypatch.setattr(cpu._kernels, "cpu_runs", lambda name: name == "portable")
+    monkeypatch.delenv("VOXNP_CPU", raising=False)
+    try:
+        assert cpu.choose() == "portable"
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "AVX2" in err and "portable" in err
+        with pytest.raises(VoxnpError, match="lacks"):
+            cpu.choose("avx2")
+    finally:
+        monkeypatch.undo()
+        cpu.choose(before)

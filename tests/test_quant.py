@@ -100,8 +100,18 @@ def test_activation_quantization():
 
 
 def term_magnitude(x, m):
-    """sum_j |x_j| |W_rj|: the scale of a float rounding error in y [T, n]."""
-    return np.abs(x).astype(np.float64) @ np.abs(quant.dequantize(m)).T.astype(np.float64)
+    """The scale of a float rounding error in y [T, n]: sum_j |x_j| |W_rj| for int8; for q4k
+    the two terms the kernel sums in float32, sum_j |x_j| (|d sc q| + dmin mn), whose
+    cancellation can leave y much smaller than either."""
+    if m.format is quant.INT8:
+        return np.abs(x).astype(np.float64) @ np.abs(quant.dequantize(m)).T.astype(np.float64)
+    n, k = m.shape
+    meta = m.arrays["meta"]
+    step = np.repeat((meta["d"][:, :, None].astype(np.float64) * meta["sc"]).reshape(n, -1), 32, axis=1)
+    offset = np.repeat((meta["dmin"][:, :, None].astype(np.float64) * meta["mn"]).reshape(n, -1), 32, axis=1)
+    q = m.format._unpack(m.arrays["qs"]).reshape(n, -1)
+    terms = (np.abs(step * q) + offset)[:, :k]
+    return np.abs(x).astype(np.float64) @ terms.T
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)

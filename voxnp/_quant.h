@@ -42,6 +42,9 @@
 #define Q4K_SUB 32               /* inputs per q4k sub-block */
 #define QUANT_ACT_LEVELS 32767   /* activations: int16, symmetric */
 #define QUANT_ACT_FLOOR 1e-30f   /* a smaller block of activations is zero */
+#ifndef QUANT_PREFETCH
+#define QUANT_PREFETCH 2048      /* bytes ahead of the weights being read (software prefetch) */
+#endif
 #define QUANT_PARALLEL_MIN 262144  /* fewer weights: one thread (waking threads costs more) */
 
 typedef struct { float d, dmin; uint8_t sc[8], mn[8]; } q4k_meta;   /* 24 bytes, = quant.Q4K_META */
@@ -70,13 +73,15 @@ static void quant_activations(const float *x, int64_t k, int64_t block, int64_t 
     }
 }
 
-/* Sums of each 32-input sub-block of quantized activations: xq [kp] -> bsum [kp / 32]. */
-static void quant_sub_sums(const int16_t *xq, int64_t kp, int32_t *bsum)
+/* Sums of each 32-input sub-block of quantized activations: xq [kp] -> bsum [kp / 32],
+ * as floats (exact: |sum| <= 32 * 32767 < 2^24; mn * bsum in float32 is then the exact
+ * integer product rounded once, as converting the int32 product would round it). */
+static void quant_sub_sums(const int16_t *xq, int64_t kp, float *bsum)
 {
     for (int64_t s = 0; s < kp / Q4K_SUB; s++) {
         int32_t acc = 0;
         for (int i = 0; i < Q4K_SUB; i++) acc += xq[s * Q4K_SUB + i];
-        bsum[s] = acc;
+        bsum[s] = (float)acc;
     }
 }
 
@@ -102,7 +107,7 @@ static float q8_dot_portable(const int8_t *w, const float *ws, int64_t ng, const
 }
 
 static float q4k_dot_portable(const uint8_t *qs, const q4k_meta *meta, int64_t nsb,
-                              const int16_t *xq, const float *xs, const int32_t *bsum)
+                              const int16_t *xq, const float *xs, const float *bsum)
 {
     float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (int64_t s = 0; s < nsb; s++) {
@@ -117,7 +122,7 @@ static float q4k_dot_portable(const uint8_t *qs, const q4k_meta *meta, int64_t n
         float d_x = m->d * xs[s], dmin_x = m->dmin * xs[s];
         for (int l = 0; l < 8; l++) {
             lane[l] = fmaf((float)q[l], d_x, lane[l]);
-            lane[l] = fmaf(-(float)(m->mn[l] * bsum[s * 8 + l]), dmin_x, lane[l]);
+            lane[l] = fmaf(-((float)m->mn[l] * bsum[s * 8 + l]), dmin_x, lane[l]);
         }
     }
     return quant_hsum8_portable(lane);
@@ -130,7 +135,7 @@ static void q8_row_portable(const int8_t *w, const float *ws, int64_t ng, const 
 }
 
 static void q4k_row_portable(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int16_t *xq,
-                             const float *xs, const int32_t *bsum, int64_t kp, int64_t T, float *y, int64_t n)
+                             const float *xs, const float *bsum, int64_t kp, int64_t T, float *y, int64_t n)
 {
     for (int64_t t = 0; t < T; t++)
         y[t * n] = q4k_dot_portable(qs, meta, nsb, xq + t * kp, xs + t * nsb, bsum + t * (kp / Q4K_SUB));
@@ -139,7 +144,7 @@ static void q4k_row_portable(const uint8_t *qs, const q4k_meta *meta, int64_t ns
 typedef void (*q8_row_fn)(const int8_t *w, const float *ws, int64_t ng, const int16_t *xq,
                           const float *xs, int64_t kp, int64_t T, float *y, int64_t n);
 typedef void (*q4k_row_fn)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int16_t *xq,
-                           const float *xs, const int32_t *bsum, int64_t kp, int64_t T, float *y, int64_t n);
+                           const float *xs, const float *bsum, int64_t kp, int64_t T, float *y, int64_t n);
 
 #ifdef VOXNP_X86
 /* ------------------------------------------------------------------------------------ */
@@ -160,8 +165,18 @@ VOXNP_TARGET_END
 #define Q_ZERO _mm256_setzero_si256
 #define Q_LOAD16(p) _mm256_loadu_si256((const __m256i *)(p))
 #define Q_S8(p) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p)))
-#define Q_NIBBLES(v, out) ((out)[0] = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(v)), \
-                           (out)[1] = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(v, 1)))
+VOXNP_TARGET_BEGIN(VOXNP_T_AVX2)
+static inline __attribute__((always_inline)) void q4k_nibbles_256(__m256i v, __m256i *out)
+{
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+    out[0] = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(lo));
+    out[1] = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(lo, 1));
+    out[2] = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(hi));
+    out[3] = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(hi, 1));
+}
+VOXNP_TARGET_END
+#define Q_NIBBLES q4k_nibbles_256
 #define Q_MUL16 _mm256_mullo_epi16
 #define Q_SET16(c) _mm256_set1_epi16(c)
 #define Q_TO8(v) (v)
@@ -202,7 +217,11 @@ VOXNP_TARGET_END
 #define Q_ZERO _mm512_setzero_si512
 #define Q_LOAD16(p) _mm512_loadu_si512((const void *)(p))
 #define Q_S8(p) _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(p)))
-#define Q_NIBBLES(v, out) ((out)[0] = _mm512_cvtepu8_epi16(v))
+#define Q_NIBBLES(v, out) do {                        /* bytes widened once, then split */ \
+        __m512i z_ = _mm512_cvtepu8_epi16(v);                                             \
+        (out)[0] = _mm512_and_si512(z_, _mm512_set1_epi16(0x0F));                         \
+        (out)[1] = _mm512_srli_epi16(z_, 4);                                               \
+    } while (0)
 #define Q_MUL16 _mm512_mullo_epi16
 #define Q_SET16(c) _mm512_set1_epi16(c)
 #define Q_TO8(v) _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1))
@@ -288,7 +307,7 @@ static int q4k_matmul(const uint8_t *qs, const uint8_t *meta, int64_t n, int64_t
     int64_t nsb = kp / Q4K_BLOCK, nb = kp / Q4K_SUB;
     int16_t *xq = malloc(T * kp * sizeof(int16_t));
     float *xs = malloc(T * nsb * sizeof(float));
-    int32_t *bsum = malloc(T * nb * sizeof(int32_t));
+    float *bsum = malloc(T * nb * sizeof(float));
     if (!xq || !xs || !bsum) { free(xq); free(xs); free(bsum); return -1; }
     for (int64_t t = 0; t < T; t++) {
         quant_activations(x + t * k, k, Q4K_BLOCK, kp, xq + t * kp, xs + t * nsb);

@@ -4,7 +4,8 @@
  *   QI            the integer vector type; Q_W16 its int16 lanes (16 or 32)
  *   Q_ROWS        activation rows whose accumulators share the registers (<= 8)
  *   Q_ZERO(), Q_LOAD16(p) (Q_W16 int16), Q_S8(p) (Q_W16 int8 -> int16),
- *   Q_NIBBLES(v, out) (the 32 bytes of a 256-bit v -> 32 / Q_W16 int16 vectors),
+ *   Q_NIBBLES(v, out) (the 32 bytes of a 256-bit v -> their low nibbles, then their high
+ *                 nibbles, as 64 / Q_W16 int16 vectors),
  *   Q_MUL16(a, b), Q_SET16(c), Q_DOT(acc, a, b) (acc + pairs of int16 products, int32),
  *   Q_TO8(v) (the int32 lanes folded to 8: lane l + lane l+8 + ...; exact)
  * Defines q8_row_<QV> and q4k_row_<QV>: one weight row times T <= 8 activation rows.
@@ -25,34 +26,37 @@ Q_NAME(q8_rows)(const int8_t *w, const float *ws, int64_t ng, const int16_t *xq,
     for (int64_t g = 0; g < ng; g++) {
         QI isum[8];
         for (int t = 0; t < nr; t++) isum[t] = Q_ZERO();
+        _mm_prefetch((const char *)(w + g * Q8_BLOCK) + QUANT_PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + g * Q8_BLOCK) + QUANT_PREFETCH + 64, _MM_HINT_T0);
         for (int c = 0; c < Q8_BLOCK; c += Q_W16) {
             QI w16 = Q_S8(w + g * Q8_BLOCK + c);
             for (int t = 0; t < nr; t++)
                 isum[t] = Q_DOT(isum[t], w16, Q_LOAD16(xq + t * kp + g * Q8_BLOCK + c));
         }
+        __m256 scale = _mm256_set1_ps(ws[g]);                      /* ws[g] * xs: one rounding, as in C */
         for (int t = 0; t < nr; t++)
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(Q_TO8(isum[t])),
-                                     _mm256_set1_ps(ws[g] * xs[t * ng + g]), acc[t]);
+                                     _mm256_mul_ps(scale, _mm256_broadcast_ss(xs + t * ng + g)), acc[t]);
     }
     for (int t = 0; t < nr; t++) y[t * ystride] = quant_hsum8(acc[t]);
 }
 
 static inline __attribute__((always_inline)) void
 Q_NAME(q4k_rows)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int16_t *xq, const float *xs,
-                 const int32_t *bsum, int64_t kp, const int nr, float *y, int64_t ystride)
+                 const float *bsum, int64_t kp, const int nr, float *y, int64_t ystride)
 {
-    const __m256i low4 = _mm256_set1_epi8(0x0F);
     __m256 acc[8];
     for (int t = 0; t < nr; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t s = 0; s < nsb; s++) {
         const q4k_meta *m = meta + s;
         QI qsum[8];
         for (int t = 0; t < nr; t++) qsum[t] = Q_ZERO();
+        _mm_prefetch((const char *)(qs + s * (Q4K_BLOCK / 2)) + QUANT_PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)(qs + s * (Q4K_BLOCK / 2)) + QUANT_PREFETCH + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)m + QUANT_PREFETCH / 4, _MM_HINT_T0);
         for (int p = 0; p < 4; p++) {        /* 64 inputs: sub-blocks 2p (low nibbles), 2p+1 (high) */
-            __m256i v = _mm256_loadu_si256((const __m256i *)(qs + s * (Q4K_BLOCK / 2) + p * 32));
-            QI w[2 * Q_NV];
-            Q_NIBBLES(_mm256_and_si256(v, low4), w);
-            Q_NIBBLES(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4), w + Q_NV / 2);
+            QI w[Q_NV];
+            Q_NIBBLES(_mm256_loadu_si256((const __m256i *)(qs + s * (Q4K_BLOCK / 2) + p * 32)), w);
             QI sa = Q_SET16(m->sc[2 * p]), sb = Q_SET16(m->sc[2 * p + 1]);
             for (int c = 0; c < Q_NV / 2; c++) {
                 w[c] = Q_MUL16(w[c], sa);
@@ -63,12 +67,14 @@ Q_NAME(q4k_rows)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int
                 for (int c = 0; c < Q_NV; c++) qsum[t] = Q_DOT(qsum[t], w[c], Q_LOAD16(xt + Q_W16 * c));
             }
         }
-        __m256i mn = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)m->mn));
+        /* shared by the rows: the mins, d and dmin in every lane */
+        __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)m->mn)));
+        __m256 d = _mm256_set1_ps(m->d), dmin = _mm256_set1_ps(m->dmin);
         for (int t = 0; t < nr; t++) {
-            float x_s = xs[t * nsb + s];
-            __m256i msum = _mm256_mullo_epi32(mn, _mm256_loadu_si256((const __m256i *)(bsum + t * nsb * 8 + s * 8)));
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(Q_TO8(qsum[t])), _mm256_set1_ps(m->d * x_s), acc[t]);
-            acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(m->dmin * x_s), acc[t]);
+            __m256 x_s = _mm256_broadcast_ss(xs + t * nsb + s);
+            __m256 msum = _mm256_mul_ps(mn, _mm256_loadu_ps(bsum + t * nsb * 8 + s * 8));    /* exact product, rounded */
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(Q_TO8(qsum[t])), _mm256_mul_ps(d, x_s), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(msum, _mm256_mul_ps(dmin, x_s), acc[t]);
         }
     }
     for (int t = 0; t < nr; t++) y[t * ystride] = quant_hsum8(acc[t]);
@@ -94,7 +100,7 @@ static void Q_NAME(q8_row)(const int8_t *w, const float *ws, int64_t ng, const i
 }
 
 static void Q_NAME(q4k_row)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int16_t *xq,
-                            const float *xs, const int32_t *bsum, int64_t kp, int64_t T, float *y, int64_t n)
+                            const float *xs, const float *bsum, int64_t kp, int64_t T, float *y, int64_t n)
 {
     int64_t t = 0, nb = kp / Q4K_SUB;
 #define Q4K_CALL(NR) Q_NAME(q4k_rows)(qs, meta, nsb, xq + t * kp, xs + t * nsb, bsum + t * nb, kp, NR, y + t * n, n)
