@@ -254,6 +254,26 @@ def end_to_end(model: Path, audio: Path) -> dict:
     return r
 
 
+def encoder_products(row, rows: int = 512) -> None:
+    """The encoder's three matrix shapes at `rows` positions: int8 (i8rows, activations
+    quantized per call) and float32 sgemm on the same operands, rates in the same run."""
+    from voxnp import quant
+    from voxnp.kernels import linear
+
+    rng = np.random.default_rng(2)
+    for n, k in ((2048, 1280), (5120, 1280), (1280, 5120)):
+        w = rng.standard_normal((n, k), dtype=np.float32)
+        x = rng.standard_normal((rows, k), dtype=np.float32)
+        m = quant.quantize(w, quant.INT8_ROWS)
+        linear(x, m)
+        t8 = min(_timed(lambda: linear(x, m)) for _ in range(5))
+        x @ w.T
+        t32 = min(_timed(lambda: x @ w.T) for _ in range(5))
+        ops = 2 * rows * n * k
+        row(f"encoder_product_{n}x{k}", ops / t8 / 1e9, "GOP/s", f"int8, {rows} rows; {t32 / t8:.2f}x sgemm "
+            f"on the same operands ({ops / t32 / 1e9:.0f} GFLOP/s)")
+
+
 def encoder_rows(row, results, m, floor: float, suffix: str) -> None:
     """The encoder's seconds per audio second, fresh and windows full, against the
     sgemm floor (`floor`: its FLOPs at the matmul rate), and the per-op profile."""
@@ -296,6 +316,7 @@ def main(model=None, out=None, quick=False, encoder_only=False):
             row("cold_start_cached", cold_start(model, audio, None), "s", "process start to first token, JIT cached")
 
     floor = encoder_flops_per_position(cfg) * 50 / (mm * 1e9)                  # s per audio s at sgemm rate
+    encoder_products(row)
     encoder_rows(row, results, m, floor, "")
     # the fast formats' encoder: int8 weights and activations (q4 has the same encoder)
     encoder_rows(row, results, voxnp.load(model, weights="int8", progress=False), floor, "_int8")

@@ -1,7 +1,7 @@
 """Weight formats on the full-size model: speed of bf16, int8 and q4, conversion cost,
 and quality proxies that need no real weights.
 
-    python bench/quant.py [--model DIR] [--out bench/results/quant.json] [--quick]
+    python bench/quant.py [--model DIR] [--out bench/results/quant.json] [--quick | --proxies]
 
 Without --model the full-size random checkpoint of bench/bench.py is used (written
 once to bench/cache/full). Converted files go to bench/cache/voxnp (VOXNP_CACHE_DIR).
@@ -21,6 +21,7 @@ All ratios compare figures measured in this one run. Measures:
   encoder's ||embeddings - bf16's|| / ||bf16's||;
 - (unless --quick) the 60 s sample end to end, `voxnp SAMPLE --weights FMT` in a fresh
   process (default speculation), for q4 and int8.
+--proxies measures only the two kinds of proxies (no timings: no need to hold the bench lock).
 """
 from __future__ import annotations
 
@@ -131,7 +132,7 @@ def cli_end_to_end(model: Path, audio: Path, fmt: str) -> dict:
     return {"wall_s": wall, "timing": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""}
 
 
-def main(model=None, out=None, quick=False):
+def main(model=None, out=None, quick=False, proxies=False):
     import voxnp
     from voxnp.audio import load_audio
     from voxnp.dump import dump_arrays
@@ -145,28 +146,29 @@ def main(model=None, out=None, quick=False):
 
     for name, err in matmul_proxy().items():
         row(f"matmul_error_{name}", err, "relative", "Student-t(3) W, 8 outlier channels in x")
-    for fmt in FORMATS[1:]:
+    for fmt in FORMATS[1:] if not proxies else ():           # --proxies: no timings (no lock needed)
         c = convert(model, fmt)
         results[f"convert_{fmt}"] = c
         row(f"convert_{fmt}", c["convert_s"], "s",
             f"peak +{c['peak_anon_above_start_mb']:.0f} MB anon; reopen {c['open_s']:.2f} s; {c['file_gb']:.2f} GB")
 
     models = {fmt: voxnp.load(model, weights=fmt) for fmt in FORMATS}
-    for context in (40, 2000):
+    for context in (40, 2000) if not proxies else ():
         steps = {fmt: time_decoder(models[fmt], context) for fmt in FORMATS}
         for fmt in FORMATS:
             row(f"step_ctx{context}_{fmt}", 1000 * steps[fmt], "ms",
                 "" if fmt == "bf16" else f"{steps[fmt] / steps['bf16']:.2f}x bf16")
-    passes = {fmt: [time_rows(models[fmt], T) for T in range(1, 9)] for fmt in FORMATS}
-    results["pass_ms_by_rows"] = {fmt: [1000 * t for t in ts] for fmt, ts in passes.items()}
-    per_token = {fmt: [t / ((1 - ACCEPT ** (K + 1)) / (1 - ACCEPT)) for K, t in enumerate(ts)]
-                 for fmt, ts in passes.items()}
-    base = per_token["bf16"][0]
-    for fmt in FORMATS:
-        K = int(np.argmin(per_token[fmt]))
-        row(f"spec_ms_per_token_{fmt}", 1000 * per_token[fmt][K], "ms",
-            f"best K={K}; {per_token[fmt][K] / base:.2f}x bf16 at K=0; T=1..8 pass ms "
-            + "/".join(f"{1000 * t:.0f}" for t in passes[fmt]))
+    if not proxies:
+        passes = {fmt: [time_rows(models[fmt], T) for T in range(1, 9)] for fmt in FORMATS}
+        results["pass_ms_by_rows"] = {fmt: [1000 * t for t in ts] for fmt, ts in passes.items()}
+        per_token = {fmt: [t / ((1 - ACCEPT ** (K + 1)) / (1 - ACCEPT)) for K, t in enumerate(ts)]
+                     for fmt, ts in passes.items()}
+        base = per_token["bf16"][0]
+        for fmt in FORMATS:
+            K = int(np.argmin(per_token[fmt]))
+            row(f"spec_ms_per_token_{fmt}", 1000 * per_token[fmt][K], "ms",
+                f"best K={K}; {per_token[fmt][K] / base:.2f}x bf16 at K=0; T=1..8 pass ms "
+                + "/".join(f"{1000 * t:.0f}" for t in passes[fmt]))
 
     audio = load_audio(SHARED_AUDIO / SAMPLE_60S)
     embeds = {fmt: dump_arrays(models[fmt], audio, steps=0)["audio_embeds"] for fmt in FORMATS}   # own encoders
@@ -201,7 +203,9 @@ def main(model=None, out=None, quick=False):
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    opts = {"quick": "--quick" in args}
+    if "-h" in args or "--help" in args:
+        sys.exit(__doc__)
+    opts = {"quick": "--quick" in args or "--proxies" in args, "proxies": "--proxies" in args}
     for flag in ("--model", "--out"):
         if flag in args:
             opts[flag[2:]] = args[args.index(flag) + 1]

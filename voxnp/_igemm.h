@@ -128,8 +128,7 @@ static void ig_panel_portable(const int8_t *wp, int64_t kp, int nb, const uint8_
 #ifdef VOXNP_X86
 VOXNP_TARGET_BEGIN(VOXNP_T_AVX2)
 static void ig_panel_avx2(const int8_t *wp, int64_t kp, int nb, const uint8_t *u, int64_t M,
-                                         const float *xs, const float *ws, const int32_t *wsum, float *y,
-                                         int64_t n, int64_t n0)
+                          const float *xs, const float *ws, const int32_t *wsum, float *y, int64_t n, int64_t n0)
 {
     int64_t kq = kp / IG_QUAD;
     for (int b = 0; b < nb; b++) {
@@ -186,8 +185,7 @@ VOXNP_TARGET_END
 /* AVX-VNNI: 6 rows x one block of 16 outputs (two ymm per row)                           */
 
 VOXNP_TARGET_BEGIN(VOXNP_T_AVXVNNI)
-static void ig_finish_ymm(__m256i acc, const int32_t *wsum, float xs, const float *ws,
-                                            float *out, int64_t cols)
+static void ig_finish_ymm(__m256i acc, const int32_t *wsum, float xs, const float *ws, float *out, int64_t cols)
 {
     __m256i dot = _mm256_sub_epi32(acc, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)wsum), 7));
     __m256 s = _mm256_mul_ps(_mm256_set1_ps(xs), _mm256_loadu_ps(ws));
@@ -202,8 +200,7 @@ static void ig_finish_ymm(__m256i acc, const int32_t *wsum, float xs, const floa
 }
 
 static void ig_panel_avxvnni(const int8_t *wp, int64_t kp, int nb, const uint8_t *u, int64_t M,
-                                               const float *xs, const float *ws, const int32_t *wsum, float *y,
-                                               int64_t n, int64_t n0)
+                             const float *xs, const float *ws, const int32_t *wsum, float *y, int64_t n, int64_t n0)
 {
     int64_t kq = kp / IG_QUAD;
     for (int b = 0; b < nb; b++) {
@@ -244,9 +241,8 @@ VOXNP_TARGET_END
 /* AVX-512 VNNI: 6 rows x NB blocks (NB <= 4: 64 outputs)                                */
 
 VOXNP_TARGET_BEGIN(VOXNP_T_AVX512VNNI)
-IG_INLINE void ig_tile_avx512(const int8_t *wp, int64_t kp, const int NB, const uint8_t *u,
-                                                int64_t m0, int rows, const float *xs, const float *ws,
-                                                const int32_t *wsum, float *y, int64_t n, int64_t c0)
+IG_INLINE void ig_tile_avx512(const int8_t *wp, int64_t kp, const int NB, const uint8_t *u, int64_t m0, int rows,
+                              const float *xs, const float *ws, const int32_t *wsum, float *y, int64_t n, int64_t c0)
 {
     int64_t kq = kp / IG_QUAD;
     const uint8_t *ur[IG_MR];
@@ -286,8 +282,7 @@ IG_INLINE void ig_tile_avx512(const int8_t *wp, int64_t kp, const int NB, const 
 }
 
 static void ig_panel_avx512(const int8_t *wp, int64_t kp, int nb, const uint8_t *u, int64_t M,
-                                             const float *xs, const float *ws, const int32_t *wsum, float *y,
-                                             int64_t n, int64_t n0)
+                            const float *xs, const float *ws, const int32_t *wsum, float *y, int64_t n, int64_t n0)
 {
     for (int64_t m0 = 0; m0 < M; m0 += IG_MR) {
         int rows = M - m0 < IG_MR ? (int)(M - m0) : IG_MR;
