@@ -43,7 +43,8 @@ setup(
         # and Ray batch jobs; selenium drives Debian's chromium (the page); sounddevice:
         # --from-mic through PulseAudio
         "test": ["pytest>=7", "hypothesis>=6.100", "mistral_common>=1.5", "openai[realtime]>=1.102",
-                 "selenium>=4.11", "sounddevice>=0.4"] + SERVE + RAY + NVRTC,
+                 "selenium>=4.11", "sounddevice>=0.4",
+                 "Cython>=3.0"] + SERVE + RAY + NVRTC,   # Cython: a test runs setup.py build_py
         "mic": ["sounddevice>=0.4"],
         "gpu": ["cupy-cuda12x>=13"],
         "bench": ["mistral_common>=1.5"],
