@@ -204,10 +204,8 @@ def attention_in_cache(q: np.ndarray, cache, window: int) -> np.ndarray:
         out = np.empty((T, H, hd), dtype=np.float32)
         _attend_ring(np.ascontiguousarray(q), cache.k, cache.v, cache.length, window, out)
         return out.reshape(T, H * hd)
-    # many positions (the prompt): blocks scored by BLAS. Appended at once, they must not
-    # have evicted a slot they see: T <= spare + 1, or no wrap-around yet
-    if T > cache.spare + 1 and cache.length > cache.capacity:
-        raise ValueError(f"{T} positions appended at once to a ring with {cache.spare} spare slots")
+    # many positions (the prompt): blocks scored by BLAS
+    cache.check_last_visible(T)
     slots = np.arange(cache.length - T, cache.length) % cache.capacity
     k = cache.k[:, slots].transpose(1, 0, 2)                                   # [T, Hkv, hd]
     v = cache.v[:, slots].transpose(1, 0, 2)

@@ -697,17 +697,11 @@ class CupyBackend:
         firsts = []
         for cache, r in zip(caches, rows):
             T = int(r.stop - r.start)
-            if T > cache.spare + 1 and cache.length + T > cache.full_capacity:
-                raise ValueError(f"{T} positions appended at once to a ring with {cache.spare} spare slots")
-            cache.make_room(cache.length + T)
-            firsts.append(cache.length)
+            firsts.append(cache.reserve(T))                      # the kernel writes the slots
+            cache.check_last_visible(T)
         rings = [(cache.k, cache.v) for cache in caches]
-        lowest = [max(0, first + r.stop - r.start - cache.capacity)
-                  for cache, r, first in zip(caches, rows, firsts)]                  # oldest position held after
+        lowest = [cache.length - cache.n_valid() for cache in caches]          # oldest position held
         out = self.kernels.append_and_attend(q, k, v, rings, rows, firsts, lowest, window)
-        for cache, r in zip(caches, rows):
-            cache.length += int(r.stop - r.start)
-            cache.appended = cache.length
         return out.reshape(R, H * hd)
 
     def _attend(self, q, parts, first_pos: int, window: int):

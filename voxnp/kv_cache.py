@@ -78,17 +78,29 @@ class KVCache:
             setattr(self, name, new)
         self.capacity = capacity
 
+    def reserve(self, T: int) -> int:
+        """Count T new positions as appended (growing a device ring first) and return the
+        first one; the caller writes them to slots position % capacity (append does)."""
+        self.make_room(self.length + T)
+        first = self.length
+        self.length = self.appended = first + T
+        return first
+
     def append(self, k, v) -> None:
         """Store T new positions; k, v [T, Hkv, hd]. Only the last `capacity` matter."""
         T = k.shape[0]
-        self.make_room(self.length + T)
+        start = self.reserve(T)
         first = max(0, T - self.capacity)
-        for p, slot, n in self.slot_runs(self.length + first, self.length + T):
-            i = p - self.length                                   # row of k, v
+        for p, slot, n in self.slot_runs(start + first, start + T):
+            i = p - start                                         # row of k, v
             self.k[:, slot:slot + n, :] = k[i:i + n].transpose(1, 0, 2)
             self.v[:, slot:slot + n, :] = v[i:i + n].transpose(1, 0, 2)
-        self.length += T
-        self.appended = self.length
+
+    def check_last_visible(self, T: int) -> None:
+        """The last T positions, appended at once, must not have evicted a slot one of them
+        sees: T <= spare + 1, or no wrap-around yet."""
+        if T > self.spare + 1 and self.length > self.capacity:
+            raise ValueError(f"{T} positions appended at once to a ring with {self.spare} spare slots")
 
     def n_valid(self) -> int:
         """Positions held. After a truncate the oldest `spare` of them may hold data of
