@@ -254,7 +254,7 @@ def end_to_end(model: Path, audio: Path) -> dict:
     return r
 
 
-def encoder_products(row, rows: int = 512) -> None:
+def encoder_products(row, rows: int = 512, suffix: str = "") -> None:
     """The encoder's three matrix shapes at `rows` positions: int8 (i8rows, activations
     quantized per call) and float32 sgemm on the same operands, rates in the same run."""
     from voxnp import quant
@@ -270,7 +270,7 @@ def encoder_products(row, rows: int = 512) -> None:
         x @ w.T
         t32 = min(_timed(lambda: x @ w.T) for _ in range(5))
         ops = 2 * rows * n * k
-        row(f"encoder_product_{n}x{k}", ops / t8 / 1e9, "GOP/s", f"int8, {rows} rows; {t32 / t8:.2f}x sgemm "
+        row(f"encoder_product_{n}x{k}{suffix}", ops / t8 / 1e9, "GOP/s", f"int8, {rows} rows; {t32 / t8:.2f}x sgemm "
             f"on the same operands ({ops / t32 / 1e9:.0f} GFLOP/s)")
 
 
@@ -290,6 +290,7 @@ def encoder_rows(row, results, m, floor: float, suffix: str) -> None:
 
 def main(model=None, out=None, quick=False, encoder_only=False):
     import voxnp
+    from voxnp import cpu
 
     model = Path(model) if model else full_checkpoint()
     results = {"model": str(model)}
@@ -319,7 +320,13 @@ def main(model=None, out=None, quick=False, encoder_only=False):
     encoder_products(row)
     encoder_rows(row, results, m, floor, "")
     # the fast formats' encoder: int8 weights and activations (q4 has the same encoder)
-    encoder_rows(row, results, voxnp.load(model, weights="int8", progress=False), floor, "_int8")
+    int8 = voxnp.load(model, weights="int8", progress=False)
+    encoder_rows(row, results, int8, floor, "_int8")
+    results["kernel_set"] = cpu.active()
+    if cpu.active() == "amx":                # the set below AMX in the same run: the ratio
+        with cpu.using("avx512bf16"):
+            encoder_products(row, suffix="_avx512bf16")
+            encoder_rows(row, results, int8, floor, "_int8_avx512bf16")
     if encoder_only:
         print_table(rows)
         write_json(out or HERE / "results" / "encoder.json", results)

@@ -13,6 +13,8 @@
  *   avx512      AVX-512 F/BW/VL/DQ + avx2 (Skylake-SP and later, Zen 4)
  *   avx512vnni  avx512 + AVX512_VNNI (vpdpwssd on 512 bits: Cascade Lake and later)
  *   avx512bf16  avx512vnni + AVX512_BF16 (vdpbf16ps: Cooper Lake, Sapphire Rapids, Zen 4)
+ *   amx         avx512bf16 + AMX-TILE/AMX-INT8 (tdpbusd on 16x64 tiles: Sapphire Rapids and
+ *               later; Linux must grant the tile state, asked for once with arch_prctl)
  * Adding a kernel: see /work/notes or the README ("Speed and memory"): write its variants
  * between VOXNP_TARGET_BEGIN/END with the set's target string, and switch on the set.
  */
@@ -28,11 +30,12 @@ enum {
     KSET_AVX512,
     KSET_AVX512VNNI,
     KSET_AVX512BF16,
+    KSET_AMX,
     KSET_COUNT
 };
 
 static const char *const kset_names[KSET_COUNT] = {
-    "portable", "avx2", "avxvnni", "avx512", "avx512vnni", "avx512bf16"};
+    "portable", "avx2", "avxvnni", "avx512", "avx512vnni", "avx512bf16", "amx"};
 
 /* The compiler targets of each set's variants (strings for VOXNP_TARGET_BEGIN). */
 #define VOXNP_T_AVX2 "avx,avx2,fma,f16c,bmi,bmi2,popcnt"
@@ -40,6 +43,7 @@ static const char *const kset_names[KSET_COUNT] = {
 #define VOXNP_T_AVX512 VOXNP_T_AVX2 ",avx512f,avx512bw,avx512vl,avx512dq,avx512cd"
 #define VOXNP_T_AVX512VNNI VOXNP_T_AVX512 ",avx512vnni"
 #define VOXNP_T_AVX512BF16 VOXNP_T_AVX512VNNI ",avx512bf16"
+#define VOXNP_T_AMX VOXNP_T_AVX512BF16 ",amx-tile,amx-int8"
 
 /* Everything defined between these two gets the target (GCC and clang). */
 #define VOXNP_PRAGMA(x) _Pragma(#x)
@@ -55,6 +59,10 @@ static const char *const kset_names[KSET_COUNT] = {
 #define VOXNP_X86 1
 #include <cpuid.h>
 #include <immintrin.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 static inline uint64_t cpu_xgetbv0(void)
 {
@@ -65,9 +73,23 @@ static inline uint64_t cpu_xgetbv0(void)
 
 /* 1 if this CPU (and the operating system, which must save the wider registers) runs
  * kernel set `s`. */
+/* Linux hands out the AMX tile data state only on request (once per process, for all its
+ * threads); 1 if granted. */
+static int cpu_amx_granted(void)
+{
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    static int granted = -1;
+    if (granted < 0)
+        granted = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    return granted;
+#else
+    return 0;
+#endif
+}
+
 static int cpu_runs_set(int s)
 {
-    unsigned a, b, c, d, b7 = 0, c7 = 0, a71 = 0;
+    unsigned a, b, c, d, b7 = 0, c7 = 0, d7 = 0, a71 = 0;
     if (s <= KSET_PORTABLE) return s == KSET_PORTABLE;
     if (s >= KSET_COUNT || !__get_cpuid(1, &a, &b, &c, &d)) return 0;
     int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
@@ -75,19 +97,21 @@ static int cpu_runs_set(int s)
     uint64_t xcr0 = cpu_xgetbv0();
     if ((xcr0 & 0x6) != 0x6) return 0;                          /* SSE and AVX state */
     if (__get_cpuid_max(0, 0) >= 7) {
-        __cpuid_count(7, 0, a, b7, c7, d);
+        __cpuid_count(7, 0, a, b7, c7, d7);
         __cpuid_count(7, 1, a71, b, c, d);
     }
     int avx2 = (b7 >> 5) & 1;
     int avx512 = ((b7 >> 16) & 1) && ((b7 >> 17) & 1) && ((b7 >> 28) & 1) && ((b7 >> 30) & 1) &&
                  ((b7 >> 31) & 1) && (xcr0 & 0xE0) == 0xE0;    /* F, DQ, CD, BW, VL; opmask, ZMM state */
     int avx512vnni = (c7 >> 11) & 1, avxvnni = (a71 >> 4) & 1, avx512bf16 = (a71 >> 5) & 1;
+    int amx = ((d7 >> 24) & 1) && ((d7 >> 25) & 1) && (xcr0 & 0x60000) == 0x60000;  /* TILE, INT8; tile state */
     switch (s) {
     case KSET_AVX2: return avx2;
     case KSET_AVXVNNI: return avx2 && avxvnni;
     case KSET_AVX512: return avx2 && avx512;
     case KSET_AVX512VNNI: return avx2 && avx512 && avx512vnni;
     case KSET_AVX512BF16: return avx2 && avx512 && avx512vnni && avx512bf16;
+    case KSET_AMX: return avx2 && avx512 && avx512vnni && avx512bf16 && amx && cpu_amx_granted();
     }
     return 0;
 }

@@ -13,6 +13,9 @@
  * same bits as the NumPy definition (quant.Int8Rows.product).
  *
  Variants per kernel set (_cpu.h; the set chosen at run time, voxnp/cpu.py):
+ *   amx                 AMX tiles: 32 rows x 32 outputs in four 16x16 int32 tiles, tdpbusd
+ *                       (the packed block of 16 outputs is a B tile as it lies; kp % 64 == 0,
+ *                       else the avx512vnni variant)
  *   avx512vnni and up   tiles of 6 rows x 64 outputs, 24 zmm accumulators, vpdpbusd
  *   avxvnni             tiles of 6 rows x 16 outputs, 12 ymm accumulators, vpdpbusd (VEX)
  *   avx2, avx512        tiles of 2 rows x 16 outputs, bytes widened to int16, vpmaddwd
@@ -36,6 +39,8 @@
 #define IG_MR 6              /* activation rows per tile */
 #define IG_LEVELS 127        /* activations: int8, symmetric */
 #define IG_FLOOR 1e-30f      /* a row of activations smaller than this is zero (quant.ACT_FLOOR) */
+#define IG_AMX_ROWS 32       /* activation rows per AMX step (two tiles of 16) */
+#define IG_AMX_K 64          /* inputs per AMX tile row */
 
 #define IG_INLINE static inline __attribute__((always_inline))
 
@@ -82,9 +87,41 @@ static void ig_quantize_row_avx2(const float *x, int64_t k, int64_t kp, uint8_t 
 VOXNP_TARGET_END
 
 VOXNP_TARGET_BEGIN(VOXNP_T_AVX512)
+/* The same integers on 16 lanes: max of the bit patterns, then rint(x * inv) + 128
+ * (vcvtps2dq rounds to nearest even, as lrintf does in the default rounding mode). */
 static void ig_quantize_row_avx512(const float *x, int64_t k, int64_t kp, uint8_t *u, float *xs)
 {
-    ig_quantize_row_body(x, k, kp, u, xs);
+    const __m512i abs_bits = _mm512_set1_epi32(0x7fffffff);
+    __m512i top16 = _mm512_setzero_si512();
+    int64_t j = 0;
+    for (; j + 16 <= k; j += 16)
+        top16 = _mm512_max_epu32(top16, _mm512_and_si512(_mm512_loadu_si512((const void *)(x + j)), abs_bits));
+    uint32_t top = _mm512_reduce_max_epu32(top16);
+    for (; j < k; j++) {
+        uint32_t b;
+        memcpy(&b, x + j, 4);
+        b &= 0x7fffffffu;
+        top = b > top ? b : top;
+    }
+    float amax;
+    memcpy(&amax, &top, 4);
+    if (top > 0x7f7fffffu || amax < IG_FLOOR) {
+        *xs = top > 0x7f7fffffu ? NAN : 0.0f;
+        memset(u, 128, (size_t)kp);
+        return;
+    }
+    float inv = (float)IG_LEVELS / amax;
+    *xs = amax / (float)IG_LEVELS;
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i offset = _mm512_set1_epi32(128);
+    for (j = 0; j + 16 <= k; j += 16) {
+        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + j), vinv));
+        _mm_storeu_si128((__m128i *)(u + j), _mm512_cvtepi32_epi8(_mm512_add_epi32(q, offset)));
+    }
+    for (; j < k; j++)
+        u[j] = (uint8_t)(lrintf(x[j] * inv) + 128);
+    for (j = k; j < kp; j++)
+        u[j] = 128;
 }
 VOXNP_TARGET_END
 #endif
@@ -241,6 +278,15 @@ VOXNP_TARGET_END
 /* AVX-512 VNNI: 6 rows x NB blocks (NB <= 4: 64 outputs)                                */
 
 VOXNP_TARGET_BEGIN(VOXNP_T_AVX512VNNI)
+/* One row's 16 outputs from col on (cols of them exist): the float epilogue on 16 lanes. */
+IG_INLINE void ig_finish_zmm(__m512i acc, const int32_t *wsum, float xs, const float *ws, float *out, int64_t cols)
+{
+    __mmask16 mask = (__mmask16)(cols >= IG_BLOCK ? 0xFFFFu : (1u << cols) - 1);
+    __m512i dot = _mm512_sub_epi32(acc, _mm512_slli_epi32(_mm512_maskz_loadu_epi32(mask, wsum), 7));
+    __m512 s = _mm512_mul_ps(_mm512_set1_ps(xs), _mm512_maskz_loadu_ps(mask, ws));
+    _mm512_mask_storeu_ps(out, mask, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), s));
+}
+
 IG_INLINE void ig_tile_avx512(const int8_t *wp, int64_t kp, const int NB, const uint8_t *u, int64_t m0, int rows,
                               const float *xs, const float *ws, const int32_t *wsum, float *y, int64_t n, int64_t c0)
 {
@@ -266,19 +312,12 @@ IG_INLINE void ig_tile_avx512(const int8_t *wp, int64_t kp, const int NB, const 
             for (int b = 0; b < NB; b++) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], a, w[b]);
         }
     }
-    for (int r = 0; r < rows; r++) {
-        __m512 xsv = _mm512_set1_ps(xs[m0 + r]);
+    for (int r = 0; r < rows; r++)
         for (int b = 0; b < NB; b++) {
             int64_t col = c0 + (int64_t)b * IG_BLOCK;
             if (col >= n) break;
-            int64_t cols = n - col < IG_BLOCK ? n - col : IG_BLOCK;
-            __mmask16 mask = (__mmask16)((1u << cols) - 1);
-            __m512i sum = _mm512_maskz_loadu_epi32(mask, wsum + col);
-            __m512i dot = _mm512_sub_epi32(acc[r][b], _mm512_slli_epi32(sum, 7));
-            __m512 s = _mm512_mul_ps(xsv, _mm512_maskz_loadu_ps(mask, ws + col));
-            _mm512_mask_storeu_ps(y + (m0 + r) * n + col, mask, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), s));
+            ig_finish_zmm(acc[r][b], wsum + col, xs[m0 + r], ws + col, y + (m0 + r) * n + col, n - col);
         }
-    }
 }
 
 static void ig_panel_avx512(const int8_t *wp, int64_t kp, int nb, const uint8_t *u, int64_t M,
@@ -296,6 +335,81 @@ static void ig_panel_avx512(const int8_t *wp, int64_t kp, int nb, const uint8_t 
 }
 
 VOXNP_TARGET_END
+
+/* ------------------------------------------------------------------------------------ */
+/* AMX: tiles of 16 rows x 64 bytes. A = 16 activation rows x 64 inputs (stride kp);     */
+/* B = 16 quads of a packed block (64 bytes each: 16 outputs x 4 inputs, stride 64), the  */
+/* layout tdpbusd takes; C = 16 rows x 16 int32 outputs. Tiles 0-3: C for (row tile h,   */
+/* block bb) = 2 bb + h; 4-5: A; 6-7: B. The activations have IG_AMX_ROWS-aligned rows    */
+/* (the padding rows are 128: zero), so every tile is full; padded rows are not stored.  */
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} ig_tilecfg;
+
+VOXNP_TARGET_BEGIN(VOXNP_T_AMX)
+static void ig_panel_amx(const int8_t *wp, int64_t kp, int nb, const uint8_t *u, int64_t M,
+                         const float *xs, const float *ws, const int32_t *wsum, float *y, int64_t n, int64_t n0)
+{
+    ig_tilecfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    _tile_loadconfig(&cfg);
+    int32_t c[4][16][16] __attribute__((aligned(64)));
+    for (int64_t m0 = 0; m0 < M; m0 += IG_AMX_ROWS) {
+        const uint8_t *a0 = u + m0 * kp, *a1 = a0 + 16 * kp;
+        for (int b = 0; b < nb; b += 2) {
+            const int8_t *b0 = wp + (int64_t)b * IG_BLOCK * kp, *b1 = b0 + IG_BLOCK * kp;
+            int pair = b + 1 < nb;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            if (pair) {
+                for (int64_t k0 = 0; k0 < kp; k0 += IG_AMX_K) {
+                    _tile_loadd(4, a0 + k0, kp);
+                    _tile_loadd(5, a1 + k0, kp);
+                    _tile_loadd(6, b0 + k0 * IG_BLOCK, 64);       /* quad k0/4 is at byte 64 k0/4 */
+                    _tile_loadd(7, b1 + k0 * IG_BLOCK, 64);
+                    _tile_dpbusd(0, 4, 6);
+                    _tile_dpbusd(1, 5, 6);
+                    _tile_dpbusd(2, 4, 7);
+                    _tile_dpbusd(3, 5, 7);
+                }
+            } else {
+                for (int64_t k0 = 0; k0 < kp; k0 += IG_AMX_K) {
+                    _tile_loadd(4, a0 + k0, kp);
+                    _tile_loadd(5, a1 + k0, kp);
+                    _tile_loadd(6, b0 + k0 * IG_BLOCK, 64);
+                    _tile_dpbusd(0, 4, 6);
+                    _tile_dpbusd(1, 5, 6);
+                }
+            }
+            _tile_stored(0, c[0], 64);
+            _tile_stored(1, c[1], 64);
+            _tile_stored(2, c[2], 64);
+            _tile_stored(3, c[3], 64);
+            for (int bb = 0; bb <= pair; bb++) {
+                int64_t col = n0 + (int64_t)(b + bb) * IG_BLOCK;
+                if (col >= n) break;
+                for (int h = 0; h < 2; h++)
+                    for (int r = 0; r < 16 && m0 + 16 * h + r < M; r++) {
+                        int64_t m = m0 + 16 * h + r;
+                        ig_finish_zmm(_mm512_load_si512((const void *)c[2 * bb + h][r]), wsum + col, xs[m],
+                                      ws + col, y + m * n + col, n - col);
+                    }
+            }
+        }
+    }
+    _tile_release();
+}
+VOXNP_TARGET_END
 #endif
 
 /* ------------------------------------------------------------------------------------ */
@@ -305,13 +419,16 @@ VOXNP_TARGET_END
 static int ig_matmul(const int8_t *wp, const float *ws, const int32_t *wsum, int64_t n, int64_t kp,
                      const float *x, int64_t M, int64_t k, float *y, int threads, int kset)
 {
-    uint8_t *u = (uint8_t *)aligned_alloc(64, (size_t)((M * kp + 63) / 64 * 64));
+    int amx = kset >= KSET_AMX && kp % IG_AMX_K == 0;
+    int64_t rows = amx ? (M + IG_AMX_ROWS - 1) / IG_AMX_ROWS * IG_AMX_ROWS : M;   /* the tiles' padding */
+    uint8_t *u = (uint8_t *)aligned_alloc(64, (size_t)((rows * kp + 63) / 64 * 64 + 64));
     float *xs = (float *)malloc((size_t)(M > 0 ? M : 1) * sizeof(float));
     if (!u || !xs) {
         free(u);
         free(xs);
         return -1;
     }
+    memset(u + M * kp, 128, (size_t)((rows - M) * kp));
     if (threads < 1) threads = 1;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t m = 0; m < M; m++) {
@@ -330,6 +447,7 @@ static int ig_matmul(const int8_t *wp, const float *ws, const int32_t *wsum, int
         const int8_t *panel = wp + b0 * IG_BLOCK * kp;
         int64_t n0 = b0 * IG_BLOCK;
 #ifdef VOXNP_X86
+        if (amx) { ig_panel_amx(panel, kp, nb, u, M, xs, ws, wsum, y, n, n0); continue; }
         if (kset >= KSET_AVX512VNNI) { ig_panel_avx512(panel, kp, nb, u, M, xs, ws, wsum, y, n, n0); continue; }
         if (kset == KSET_AVXVNNI) { ig_panel_avxvnni(panel, kp, nb, u, M, xs, ws, wsum, y, n, n0); continue; }
         if (kset >= KSET_AVX2) { ig_panel_avx2(panel, kp, nb, u, M, xs, ws, wsum, y, n, n0); continue; }

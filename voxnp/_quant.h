@@ -2,8 +2,8 @@
  *
  *   y[t, r] = sum over blocks b of (weight scale * xs[t, b]) * (exact integer dot of block b)
  *
- * The activation rows (T <= 8: a decoder step, speculative positions, batched streams)
- * are first quantized to int16 per block, exactly as quant.quantize_activations does
+ * The activation rows (T <= QUANT_MAX_ROWS: a decoder step, speculative positions,
+ * batched streams, a prompt) are first quantized to int16 per block, exactly as quant.quantize_activations does
  * (same float32 operations, so the same integers). Each weight row is then read from
  * memory once and multiplied into every activation row while it is in registers/L1:
  *
@@ -45,6 +45,7 @@
 #ifndef QUANT_PREFETCH
 #define QUANT_PREFETCH 2048      /* bytes ahead of the weights being read (software prefetch) */
 #endif
+#define QUANT_MAX_ROWS 64         /* activation rows per call (quant.FEW_ROWS) */
 #define QUANT_PARALLEL_MIN 262144  /* fewer weights: one thread (waking threads costs more) */
 
 typedef struct { float d, dmin; uint8_t sc[8], mn[8]; } q4k_meta;   /* 24 bytes, = quant.Q4K_META */
@@ -180,6 +181,7 @@ VOXNP_TARGET_END
 #define Q_MUL16 _mm256_mullo_epi16
 #define Q_SET16(c) _mm256_set1_epi16(c)
 #define Q_TO8(v) (v)
+#define Q_ADD32 _mm256_add_epi32
 
 VOXNP_TARGET_BEGIN(VOXNP_T_AVX2)
 #define QV avx2
@@ -207,6 +209,7 @@ VOXNP_TARGET_END
 #undef Q_MUL16
 #undef Q_SET16
 #undef Q_TO8
+#undef Q_ADD32
 
 /* ------------------------------------------------------------------------------------ */
 /* 512 bits: avx512 (madd + add), avx512vnni (vpdpwssd); 16 int32 lanes folded to 8      */
@@ -225,6 +228,7 @@ VOXNP_TARGET_END
 #define Q_MUL16 _mm512_mullo_epi16
 #define Q_SET16(c) _mm512_set1_epi16(c)
 #define Q_TO8(v) _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1))
+#define Q_ADD32 _mm512_add_epi32
 
 VOXNP_TARGET_BEGIN(VOXNP_T_AVX512)
 #define QV avx512
@@ -252,6 +256,7 @@ VOXNP_TARGET_END
 #undef Q_MUL16
 #undef Q_SET16
 #undef Q_TO8
+#undef Q_ADD32
 #endif
 
 /* The row kernels of kernel set `kset` (_cpu.h). */
@@ -262,7 +267,7 @@ static q8_row_fn q8_row_for(int kset)
     case KSET_AVX2: return q8_row_avx2;
     case KSET_AVXVNNI: return q8_row_avxvnni;
     case KSET_AVX512: return q8_row_avx512;
-    case KSET_AVX512VNNI: case KSET_AVX512BF16: return q8_row_avx512vnni;
+    case KSET_AVX512VNNI: case KSET_AVX512BF16: case KSET_AMX: return q8_row_avx512vnni;
     }
 #endif
     return q8_row_portable;
@@ -275,7 +280,7 @@ static q4k_row_fn q4k_row_for(int kset)
     case KSET_AVX2: return q4k_row_avx2;
     case KSET_AVXVNNI: return q4k_row_avxvnni;
     case KSET_AVX512: return q4k_row_avx512;
-    case KSET_AVX512VNNI: case KSET_AVX512BF16: return q4k_row_avx512vnni;
+    case KSET_AVX512VNNI: case KSET_AVX512BF16: case KSET_AMX: return q4k_row_avx512vnni;
     }
 #endif
     return q4k_row_portable;
