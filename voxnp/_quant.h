@@ -181,7 +181,6 @@ VOXNP_TARGET_END
 #define Q_MUL16 _mm256_mullo_epi16
 #define Q_SET16(c) _mm256_set1_epi16(c)
 #define Q_TO8(v) (v)
-#define Q_ADD32 _mm256_add_epi32
 
 VOXNP_TARGET_BEGIN(VOXNP_T_AVX2)
 #define QV avx2
@@ -209,7 +208,6 @@ VOXNP_TARGET_END
 #undef Q_MUL16
 #undef Q_SET16
 #undef Q_TO8
-#undef Q_ADD32
 
 /* ------------------------------------------------------------------------------------ */
 /* 512 bits: avx512 (madd + add), avx512vnni (vpdpwssd); 16 int32 lanes folded to 8      */
@@ -228,7 +226,6 @@ VOXNP_TARGET_END
 #define Q_MUL16 _mm512_mullo_epi16
 #define Q_SET16(c) _mm512_set1_epi16(c)
 #define Q_TO8(v) _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1))
-#define Q_ADD32 _mm512_add_epi32
 
 VOXNP_TARGET_BEGIN(VOXNP_T_AVX512)
 #define QV avx512
@@ -256,7 +253,6 @@ VOXNP_TARGET_END
 #undef Q_MUL16
 #undef Q_SET16
 #undef Q_TO8
-#undef Q_ADD32
 #endif
 
 /* The row kernels of kernel set `kset` (_cpu.h). */

@@ -7,14 +7,8 @@
  *   Q_NIBBLES(v, out) (the 32 bytes of a 256-bit v -> their low nibbles, then their high
  *                 nibbles, as 64 / Q_W16 int16 vectors),
  *   Q_MUL16(a, b), Q_SET16(c), Q_DOT(acc, a, b) (acc + pairs of int16 products, int32),
- *   Q_ADD32(a, b) (int32 lanes added),
  *   Q_TO8(v) (the int32 lanes folded to 8: lane l + lane l+8 + ...; exact)
  * Defines q8_row_<QV> and q4k_row_<QV>: one weight row times T activation rows.
- * With few rows, each row's integer sum of a block is split over Q_SPLIT(nr) independent
- * accumulators (added at the end of the block): one accumulator would chain every
- * dot-product instruction of a block on the one before (5 cycles each), so a single
- * row ran at the instruction's latency, not its throughput. Integer sums are exact in
- * any order, so the split changes no bit.
  * The integer sums folded to 8 lanes are those of the 8-lane AVX2 variant, and the float
  * operations after them are the same, so every variant gives the same bits.
  */
@@ -22,7 +16,6 @@
 #define Q_CAT(a, b) Q_CAT2(a, b)
 #define Q_NAME(x) Q_CAT(x, QV)
 #define Q_NV (64 / Q_W16)                 /* int16 vectors per 64 inputs */
-#define Q_SPLIT(nr) ((nr) >= 4 ? 1 : (nr) >= 2 ? 2 : 4)   /* integer accumulators per row */
 
 static inline __attribute__((always_inline)) void
 Q_NAME(q8_rows)(const int8_t *w, const float *ws, int64_t ng, const int16_t *xq, const float *xs,
@@ -30,24 +23,19 @@ Q_NAME(q8_rows)(const int8_t *w, const float *ws, int64_t ng, const int16_t *xq,
 {
     __m256 acc[8];
     for (int t = 0; t < nr; t++) acc[t] = _mm256_setzero_ps();
-    const int split = Q_SPLIT(nr);
     for (int64_t g = 0; g < ng; g++) {
-        QI isum[8][4];
-        for (int t = 0; t < nr; t++)
-            for (int j = 0; j < split; j++) isum[t][j] = Q_ZERO();
+        QI isum[8];
+        for (int t = 0; t < nr; t++) isum[t] = Q_ZERO();
         _mm_prefetch((const char *)(w + g * Q8_BLOCK) + QUANT_PREFETCH, _MM_HINT_T0);
         _mm_prefetch((const char *)(w + g * Q8_BLOCK) + QUANT_PREFETCH + 64, _MM_HINT_T0);
         for (int c = 0; c < Q8_BLOCK; c += Q_W16) {
             QI w16 = Q_S8(w + g * Q8_BLOCK + c);
-            const int j = (c / Q_W16) % split;
             for (int t = 0; t < nr; t++)
-                isum[t][j] = Q_DOT(isum[t][j], w16, Q_LOAD16(xq + t * kp + g * Q8_BLOCK + c));
+                isum[t] = Q_DOT(isum[t], w16, Q_LOAD16(xq + t * kp + g * Q8_BLOCK + c));
         }
-        for (int t = 0; t < nr; t++)
-            for (int j = 1; j < split; j++) isum[t][0] = Q_ADD32(isum[t][0], isum[t][j]);
         __m256 scale = _mm256_set1_ps(ws[g]);                      /* ws[g] * xs: one rounding, as in C */
         for (int t = 0; t < nr; t++)
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(Q_TO8(isum[t][0])),
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(Q_TO8(isum[t])),
                                      _mm256_mul_ps(scale, _mm256_broadcast_ss(xs + t * ng + g)), acc[t]);
     }
     for (int t = 0; t < nr; t++) y[t * ystride] = quant_hsum8(acc[t]);
@@ -59,12 +47,10 @@ Q_NAME(q4k_rows)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int
 {
     __m256 acc[8];
     for (int t = 0; t < nr; t++) acc[t] = _mm256_setzero_ps();
-    const int split = Q_SPLIT(nr);
     for (int64_t s = 0; s < nsb; s++) {
         const q4k_meta *m = meta + s;
-        QI qsum[8][4];
-        for (int t = 0; t < nr; t++)
-            for (int j = 0; j < split; j++) qsum[t][j] = Q_ZERO();
+        QI qsum[8];
+        for (int t = 0; t < nr; t++) qsum[t] = Q_ZERO();
         _mm_prefetch((const char *)(qs + s * (Q4K_BLOCK / 2)) + QUANT_PREFETCH, _MM_HINT_T0);
         _mm_prefetch((const char *)(qs + s * (Q4K_BLOCK / 2)) + QUANT_PREFETCH + 64, _MM_HINT_T0);
         _mm_prefetch((const char *)m + QUANT_PREFETCH / 4, _MM_HINT_T0);
@@ -78,21 +64,16 @@ Q_NAME(q4k_rows)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int
             }
             for (int t = 0; t < nr; t++) {
                 const int16_t *xt = xq + t * kp + s * Q4K_BLOCK + p * 64;
-                for (int c = 0; c < Q_NV; c++) {
-                    const int j = (p * Q_NV + c) % split;
-                    qsum[t][j] = Q_DOT(qsum[t][j], w[c], Q_LOAD16(xt + Q_W16 * c));
-                }
+                for (int c = 0; c < Q_NV; c++) qsum[t] = Q_DOT(qsum[t], w[c], Q_LOAD16(xt + Q_W16 * c));
             }
         }
-        for (int t = 0; t < nr; t++)
-            for (int j = 1; j < split; j++) qsum[t][0] = Q_ADD32(qsum[t][0], qsum[t][j]);
         /* shared by the rows: the mins, d and dmin in every lane */
         __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)m->mn)));
         __m256 d = _mm256_set1_ps(m->d), dmin = _mm256_set1_ps(m->dmin);
         for (int t = 0; t < nr; t++) {
             __m256 x_s = _mm256_broadcast_ss(xs + t * nsb + s);
             __m256 msum = _mm256_mul_ps(mn, _mm256_loadu_ps(bsum + t * nsb * 8 + s * 8));    /* exact product, rounded */
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(Q_TO8(qsum[t][0])), _mm256_mul_ps(d, x_s), acc[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(Q_TO8(qsum[t])), _mm256_mul_ps(d, x_s), acc[t]);
             acc[t] = _mm256_fnmadd_ps(msum, _mm256_mul_ps(dmin, x_s), acc[t]);
         }
     }
@@ -137,7 +118,6 @@ static void Q_NAME(q4k_row)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb
 }
 
 #undef Q_NV
-#undef Q_SPLIT
 #undef Q_NAME
 #undef Q_CAT
 #undef Q_CAT2
