@@ -88,7 +88,6 @@ from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
 cdef extern from "_quant.h" nogil:
     int Q8_BLOCK
     int Q4K_BLOCK
-    int QUANT_MAX_ROWS
     int q8_matmul(const int8_t* q, const float* scale, int64_t n, int64_t kp, const float* x,
                   int64_t T, int64_t k, float* y, int threads, int kset)
     int q4k_matmul(const uint8_t* qs, const uint8_t* meta, int64_t n, int64_t kp, const float* x,
@@ -101,14 +100,14 @@ cdef extern from "_quant.h" nogil:
 
 cdef int _check_rows(str what, Py_ssize_t n, Py_ssize_t kp, Py_ssize_t block, Py_ssize_t k,
                      Py_ssize_t T, Py_ssize_t yT, Py_ssize_t yn) except -1:
-    if kp % block or not (kp - block < k <= kp) or yT != T or yn != n or T > QUANT_MAX_ROWS:
-        raise ValueError(f"{what}: W {n}x{kp} (blocks of {block}), x {T}x{k}, y {yT}x{yn} (T <= {QUANT_MAX_ROWS})")
+    if kp % block or not (kp - block < k <= kp) or yT != T or yn != n or T > 8:
+        raise ValueError(f"{what}: W {n}x{kp} (blocks of {block}), x {T}x{k}, y {yT}x{yn} (T <= 8)")
     return 0
 
 
 def matmul_q8(const int8_t[:, ::1] q, const float[:, ::1] scale, const float[:, ::1] x, float[:, ::1] y,
               int threads=0):
-    """y [T, n] = x [T, k] times the int8 matrix (q [n, kp], scale [n, kp/128]); T <= 64.
+    """y [T, n] = x [T, k] times the int8 matrix (q [n, kp], scale [n, kp/128]); T <= 8.
 
     quant.Int8.product by _quant.h: each row's result is the same whatever T and threads.
     """
@@ -127,7 +126,7 @@ def matmul_q8(const int8_t[:, ::1] q, const float[:, ::1] scale, const float[:, 
 
 def matmul_q4k(const uint8_t[:, ::1] qs, const uint8_t[:, ::1] meta, const float[:, ::1] x, float[:, ::1] y,
                int threads=0):
-    """y [T, n] = x [T, k] times the q4k matrix (qs [n, kp/2], meta bytes [n, kp/256 * 24]); T <= 64."""
+    """y [T, n] = x [T, k] times the q4k matrix (qs [n, kp/2], meta bytes [n, kp/256 * 24]); T <= 8."""
     cdef Py_ssize_t n = qs.shape[0], kp = 2 * qs.shape[1], T = x.shape[0], k = x.shape[1]
     cdef int rc
     _check_rows("matmul_q4k", n, kp, Q4K_BLOCK, k, T, y.shape[0], y.shape[1])

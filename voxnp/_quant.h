@@ -2,8 +2,8 @@
  *
  *   y[t, r] = sum over blocks b of (weight scale * xs[t, b]) * (exact integer dot of block b)
  *
- * The activation rows (T <= QUANT_MAX_ROWS: a decoder step, speculative positions,
- * batched streams, a prompt) are first quantized to int16 per block, exactly as quant.quantize_activations does
+ * The activation rows (T <= 8: a decoder step, speculative positions, batched streams)
+ * are first quantized to int16 per block, exactly as quant.quantize_activations does
  * (same float32 operations, so the same integers). Each weight row is then read from
  * memory once and multiplied into every activation row while it is in registers/L1:
  *
@@ -45,7 +45,6 @@
 #ifndef QUANT_PREFETCH
 #define QUANT_PREFETCH 2048      /* bytes ahead of the weights being read (software prefetch) */
 #endif
-#define QUANT_MAX_ROWS 64         /* activation rows per call (quant.FEW_ROWS) */
 #define QUANT_PARALLEL_MIN 262144  /* fewer weights: one thread (waking threads costs more) */
 
 typedef struct { float d, dmin; uint8_t sc[8], mn[8]; } q4k_meta;   /* 24 bytes, = quant.Q4K_META */

@@ -8,7 +8,7 @@
  *                 nibbles, as 64 / Q_W16 int16 vectors),
  *   Q_MUL16(a, b), Q_SET16(c), Q_DOT(acc, a, b) (acc + pairs of int16 products, int32),
  *   Q_TO8(v) (the int32 lanes folded to 8: lane l + lane l+8 + ...; exact)
- * Defines q8_row_<QV> and q4k_row_<QV>: one weight row times T activation rows.
+ * Defines q8_row_<QV> and q4k_row_<QV>: one weight row times T <= 8 activation rows.
  * The integer sums folded to 8 lanes are those of the 8-lane AVX2 variant, and the float
  * operations after them are the same, so every variant gives the same bits.
  */
@@ -80,7 +80,7 @@ Q_NAME(q4k_rows)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int
     for (int t = 0; t < nr; t++) y[t * ystride] = quant_hsum8(acc[t]);
 }
 
-/* One weight row times all T activation rows, Q_ROWS at a time (constant nr). */
+/* One weight row times all T <= 8 activation rows, Q_ROWS at a time (constant nr). */
 static void Q_NAME(q8_row)(const int8_t *w, const float *ws, int64_t ng, const int16_t *xq,
                            const float *xs, int64_t kp, int64_t T, float *y, int64_t n)
 {

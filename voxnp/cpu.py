@@ -3,7 +3,7 @@
 voxnp is built once for any x86-64 CPU; each compiled kernel (_bf16.h, _quant.h) has a
 variant per instruction set, and the set is chosen at run time (_cpu.h detects the
 features). Sets, lowest first: portable, avx2 (AVX2 + FMA), avxvnni, avx512,
-avx512vnni, avx512bf16. `VOXNP_CPU=avx2` (any set the CPU runs) forces one, e.g. to
+avx512vnni, avx512bf16, amx. `VOXNP_CPU=avx2` (any set the CPU runs) forces one, e.g. to
 compare speeds or to reproduce another machine's results; a set the CPU lacks is a
 one-line error. A CPU without AVX2/FMA runs the portable kernels, with a notice.
 

@@ -38,8 +38,7 @@ FORMAT_VERSION = 2                  # bumped whenever a format's bytes change (o
 
 ACT_LEVELS = 32767                  # activations: int16, symmetric
 ACT_FLOOR = np.float32(1e-30)       # a block of activations smaller than this is zero
-FEW_ROWS = 64                       # up to this many activation rows (a step, drafts, streams, a
-                                    # prompt): the fused kernel (= _quant.h's QUANT_MAX_ROWS)
+FEW_ROWS = 8                        # up to this many activation rows: the fused kernel
 SCRATCH_FLOATS = 1 << 20            # more rows: weights dequantized this much at a time for BLAS
 
 
@@ -397,10 +396,10 @@ def fast_linear(x: np.ndarray, w: QuantizedMatrix, bias=None, threads: int = 1) 
     """The same product by the compiled kernels: x [..., in] -> [..., out].
 
     i8rows (the encoder's format): its int8 GEMM, any number of rows. The decoder's
-    formats: up to FEW_ROWS rows (a step, drafts, batched streams, the prompt), the fused
-    kernel (weights read once for all rows; each row's result bit-identical to a call with
-    that row alone); more rows (a teacher-forced dump): blocks of weight rows dequantized
-    to float32 and multiplied by BLAS (float activations).
+    formats: up to FEW_ROWS rows, the fused kernel (weights read once for all rows; each
+    row's result bit-identical to a call with that row alone); more rows (a prompt):
+    blocks of weight rows dequantized to float32 and multiplied by BLAS (float
+    activations).
     """
     n, k = w.shape
     rows = np.ascontiguousarray(x.reshape(-1, k), dtype=np.float32)
