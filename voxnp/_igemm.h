@@ -47,30 +47,49 @@
 /* ------------------------------------------------------------------------------------ */
 /* activations: one row x [k] -> u [kp] (xq + 128) and its scale                          */
 
-IG_INLINE void ig_quantize_row_body(const float *x, int64_t k, int64_t kp, uint8_t *u, float *xs)
+/* max |x[j0:k]| on the bit patterns, from `top` on: for non-NaN floats the order of |x| is
+   the order of the integers; NaN and inf patterns are above 0x7f7fffff */
+IG_INLINE uint32_t ig_top_bits(const float *x, int64_t j0, int64_t k, uint32_t top)
 {
-    /* max |x| on the bit patterns: for non-NaN floats the order of |x| is the order of
-       the integers; NaN and inf patterns are above 0x7f7fffff */
-    uint32_t top = 0;
-    for (int64_t j = 0; j < k; j++) {
+    for (int64_t j = j0; j < k; j++) {
         uint32_t b;
         memcpy(&b, x + j, 4);
         b &= 0x7fffffffu;
         top = b > top ? b : top;
     }
+    return top;
+}
+
+/* The row's scale from its top bits; 1 when the row is settled already (NaN/inf: NaN
+   results; tiny: zeros), else *inv is the multiplier for the conversion. */
+IG_INLINE int ig_row_scale(uint32_t top, int64_t kp, uint8_t *u, float *xs, float *inv)
+{
     float amax;
     memcpy(&amax, &top, 4);
-    if (top > 0x7f7fffffu || amax < IG_FLOOR) {     /* NaN/inf: NaN results; tiny: zeros */
+    if (top > 0x7f7fffffu || amax < IG_FLOOR) {
         *xs = top > 0x7f7fffffu ? NAN : 0.0f;
         memset(u, 128, (size_t)kp);
-        return;
+        return 1;
     }
-    float inv = (float)IG_LEVELS / amax;
+    *inv = (float)IG_LEVELS / amax;
     *xs = amax / (float)IG_LEVELS;
-    for (int64_t j = 0; j < k; j++)
+    return 0;
+}
+
+/* u[j0:k] = rint(x * inv) + 128, and the padding to kp (zeros: 128). */
+IG_INLINE void ig_convert(const float *x, int64_t j0, int64_t k, int64_t kp, float inv, uint8_t *u)
+{
+    for (int64_t j = j0; j < k; j++)
         u[j] = (uint8_t)(lrintf(x[j] * inv) + 128);
-    for (int64_t j = k; j < kp; j++)
+    for (int64_t j = k > j0 ? k : j0; j < kp; j++)
         u[j] = 128;
+}
+
+IG_INLINE void ig_quantize_row_body(const float *x, int64_t k, int64_t kp, uint8_t *u, float *xs)
+{
+    float inv;
+    if (ig_row_scale(ig_top_bits(x, 0, k, 0), kp, u, xs, &inv)) return;
+    ig_convert(x, 0, k, kp, inv, u);
 }
 
 static void ig_quantize_row_portable(const float *x, int64_t k, int64_t kp, uint8_t *u, float *xs)
@@ -96,32 +115,15 @@ static void ig_quantize_row_avx512(const float *x, int64_t k, int64_t kp, uint8_
     int64_t j = 0;
     for (; j + 16 <= k; j += 16)
         top16 = _mm512_max_epu32(top16, _mm512_and_si512(_mm512_loadu_si512((const void *)(x + j)), abs_bits));
-    uint32_t top = _mm512_reduce_max_epu32(top16);
-    for (; j < k; j++) {
-        uint32_t b;
-        memcpy(&b, x + j, 4);
-        b &= 0x7fffffffu;
-        top = b > top ? b : top;
-    }
-    float amax;
-    memcpy(&amax, &top, 4);
-    if (top > 0x7f7fffffu || amax < IG_FLOOR) {
-        *xs = top > 0x7f7fffffu ? NAN : 0.0f;
-        memset(u, 128, (size_t)kp);
-        return;
-    }
-    float inv = (float)IG_LEVELS / amax;
-    *xs = amax / (float)IG_LEVELS;
+    float inv;
+    if (ig_row_scale(ig_top_bits(x, j, k, _mm512_reduce_max_epu32(top16)), kp, u, xs, &inv)) return;
     const __m512 vinv = _mm512_set1_ps(inv);
     const __m512i offset = _mm512_set1_epi32(128);
     for (j = 0; j + 16 <= k; j += 16) {
         __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + j), vinv));
         _mm_storeu_si128((__m128i *)(u + j), _mm512_cvtepi32_epi8(_mm512_add_epi32(q, offset)));
     }
-    for (; j < k; j++)
-        u[j] = (uint8_t)(lrintf(x[j] * inv) + 128);
-    for (j = k; j < kp; j++)
-        u[j] = 128;
+    ig_convert(x, j, k, kp, inv, u);
 }
 VOXNP_TARGET_END
 #endif
