@@ -71,8 +71,6 @@ static inline uint64_t cpu_xgetbv0(void)
     return ((uint64_t)hi << 32) | lo;
 }
 
-/* 1 if this CPU (and the operating system, which must save the wider registers) runs
- * kernel set `s`. */
 /* Linux hands out the AMX tile data state only on request (once per process, for all its
  * threads); 1 if granted. */
 static int cpu_amx_granted(void)
@@ -87,6 +85,8 @@ static int cpu_amx_granted(void)
 #endif
 }
 
+/* 1 if this CPU (and the operating system, which must save the wider registers) runs
+ * kernel set `s`. */
 static int cpu_runs_set(int s)
 {
     unsigned a, b, c, d, b7 = 0, c7 = 0, d7 = 0, a71 = 0;
