@@ -371,9 +371,9 @@ static void ig_panel_amx(const int8_t *wp, int64_t kp, int nb, const uint8_t *u,
             int pair = b + 1 < nb;
             _tile_zero(0);
             _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
             if (pair) {
+                _tile_zero(2);
+                _tile_zero(3);
                 for (int64_t k0 = 0; k0 < kp; k0 += IG_AMX_K) {
                     _tile_loadd(4, a0 + k0, kp);
                     _tile_loadd(5, a1 + k0, kp);
@@ -395,8 +395,10 @@ static void ig_panel_amx(const int8_t *wp, int64_t kp, int nb, const uint8_t *u,
             }
             _tile_stored(0, c[0], 64);
             _tile_stored(1, c[1], 64);
-            _tile_stored(2, c[2], 64);
-            _tile_stored(3, c[3], 64);
+            if (pair) {
+                _tile_stored(2, c[2], 64);
+                _tile_stored(3, c[3], 64);
+            }
             for (int bb = 0; bb <= pair; bb++) {
                 int64_t col = n0 + (int64_t)(b + bb) * IG_BLOCK;
                 if (col >= n) break;
