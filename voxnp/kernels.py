@@ -9,7 +9,8 @@
   in the int8 and q4 formats.
 - `rope`: interleaved rotation in one pass.
 - `attention_in_cache` (the decoder): each query reads the circular KV buffer in place
-  (Numba, one task per query and KV head), so rows are independent and exact.
+  (Numba, one task per KV head: each key and value is read once for all the rows and
+  the query heads that share it), so rows are independent and exact.
 - `attention` (the encoder, a block of positions; the decoder's prompt): fused per
   (head, tile of 128 queries) in _attention.h: scores against the keys of the tile's
   window, masked softmax in place, weighted values, the scores staying in the cache.
@@ -154,47 +155,65 @@ def _attend_ring(q, ring_k, ring_v, length, window, out):
 
     q [T, H, hd]; ring_k, ring_v [Hkv, cap, hd]; out [T, H, hd]. The query at
     p = length - T + t sees positions max(0, p - window + 1) .. p, oldest first, in
-    slots pos % cap. One task per (query, KV head) and the `group` query heads that
-    share it. A query's arithmetic does not depend on T or on the other queries, so
-    T rows give bit for bit what T one-row calls give (exact speculation/batching).
+    slots pos % cap. One task per KV head: each key and value is read once for the
+    T queries and the `group` query heads that share it. A query's arithmetic does not
+    depend on T or on the other queries (the same loops, in the same order, for each
+    row), so T rows give bit for bit what T one-row calls give (exact speculation/batching).
     """
     T, H, hd = q.shape
     Hkv = ring_k.shape[0]
     group = H // Hkv
     cap = ring_k.shape[1]
     scale = np.float32(1.0 / np.sqrt(hd))
-    for task in prange(T * Hkv):
-        t, g = task // Hkv, task % Hkv
-        p = length - T + t
-        first = max(0, p - window + 1)
-        n = p + 1 - first                                 # visible keys, the query's own included
-        scores = np.empty((group, n), np.float32)
-        qg = q[t, g * group:(g + 1) * group] * scale      # [group, hd]
-        for i in range(n):
-            key = ring_k[g, (first + i) % cap]
+    last = length - 1                                     # the newest query's position
+    lo = max(0, length - T - window + 1)                  # the oldest key any query sees
+    for g in prange(Hkv):
+        qg = np.empty((T, group, hd), np.float32)
+        for t in range(T):
             for h in range(group):
-                acc = np.float32(0.0)
                 for d in range(hd):
-                    acc += qg[h, d] * key[d]
-                scores[h, i] = acc
-        for h in range(group):                            # softmax over the visible keys
-            best = scores[h].max()
-            total = np.float32(0.0)
-            for i in range(n):
-                e = np.exp(scores[h, i] - best)
-                scores[h, i] = e
-                total += e
-            scores[h] *= np.float32(1.0) / total
-        acc_v = np.zeros((group, hd), np.float32)
-        for i in range(n):
-            value = ring_v[g, (first + i) % cap]
+                    qg[t, h, d] = q[t, g * group + h, d] * scale
+        scores = np.empty((T, group, last + 1 - lo), np.float32)   # row t: keys first_t .. p_t
+        for i in range(lo, last + 1):
+            key = ring_k[g, i % cap]
+            for t in range(T):
+                p = length - T + t
+                if i > p or i <= p - window:
+                    continue
+                first = max(0, p - window + 1)
+                for h in range(group):
+                    acc = np.float32(0.0)
+                    for d in range(hd):
+                        acc += qg[t, h, d] * key[d]
+                    scores[t, h, i - first] = acc
+        for t in range(T):                                # softmax over each query's visible keys
+            p = length - T + t
+            n = p + 1 - max(0, p - window + 1)
             for h in range(group):
-                w = scores[h, i]
+                row = scores[t, h, :n]
+                best = row.max()
+                total = np.float32(0.0)
+                for i in range(n):
+                    e = np.exp(row[i] - best)
+                    row[i] = e
+                    total += e
+                row *= np.float32(1.0) / total
+        acc_v = np.zeros((T, group, hd), np.float32)
+        for i in range(lo, last + 1):
+            value = ring_v[g, i % cap]
+            for t in range(T):
+                p = length - T + t
+                if i > p or i <= p - window:
+                    continue
+                first = max(0, p - window + 1)
+                for h in range(group):
+                    w = scores[t, h, i - first]
+                    for d in range(hd):
+                        acc_v[t, h, d] += w * value[d]
+        for t in range(T):
+            for h in range(group):
                 for d in range(hd):
-                    acc_v[h, d] += w * value[d]
-        for h in range(group):
-            for d in range(hd):
-                out[t, g * group + h, d] = acc_v[h, d]
+                    out[t, g * group + h, d] = acc_v[t, h, d]
 
 
 def attention_in_cache(q: np.ndarray, cache, window: int) -> np.ndarray:
