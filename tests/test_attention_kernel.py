@@ -64,22 +64,35 @@ def test_silu_kernel_matches_the_definition_and_is_the_same_per_row():
         np.testing.assert_array_equal(kernels.silu(x[r:r + 1, :333]), got[r:r + 1, :333])
 
 
-@pytest.mark.parametrize("n_old,T,window,spare", [(0, 1, 16, 8), (5, 3, 16, 8), (70, 5, 16, 8),
-                                                   (200, 8, 50, 8), (33, 8, 8192, 8)])
-def test_few_rows_over_the_ring_equal_one_row_calls(n_old, T, window, spare):
-    """The decoder's steps (T <= 8: speculative drafts, batched rows) read each key once
-    for all rows; every row must still be bit for bit a one-row call, over a wrapped ring."""
-    H, Hkv, hd = 8, 2, 128
+@pytest.mark.parametrize("kernel_set", cpu.available())
+@pytest.mark.parametrize("n_old,T,window,spare,hd", [(0, 1, 16, 8, 128), (5, 3, 16, 8, 128), (70, 5, 16, 8, 64),
+                                                      (200, 8, 50, 8, 128), (33, 8, 8192, 8, 128), (90, 4, 20, 8, 12)])
+def test_few_rows_over_the_ring_equal_one_row_calls(kernel_set, n_old, T, window, spare, hd):
+    """The decoder's steps (T <= 8: speculative drafts, batched rows; _attention.h att_ring)
+    read each key once for all rows; every row must still be bit for bit a one-row call,
+    over a wrapped ring, on every kernel set (hd 12: the plain C twin)."""
+    H, Hkv = 8, 2
     cache = KVCache(window, Hkv, hd, spare=spare)
-    q = rng.standard_normal((T, H, hd), dtype=np.float32)
+    q = rng.standard_normal((T, H, hd), dtype=np.float32) * 2
     for start in range(0, n_old + T, 37):                   # wraps when n_old + T > window + spare
         n = min(37, n_old + T - start)
         cache.append(rng.standard_normal((n, Hkv, hd), dtype=np.float32),
                      rng.standard_normal((n, Hkv, hd), dtype=np.float32))
-    together = kernels.attention_in_cache(q, cache, window)                        # [T, H * hd]
     want = ops.attention_in_cache(q, cache, window)
-    np.testing.assert_allclose(together, want, rtol=0, atol=2e-5 * np.abs(want).max())
-    for t in range(T):                                       # row t alone: the ring as it was then
-        cache.truncate(n_old + t + 1)
-        alone = kernels.attention_in_cache(q[t:t + 1], cache, window)
-        assert np.array_equal(alone[0], together[t]), f"row {t} of {T}"
+    with cpu.using(kernel_set):
+        together = kernels.attention_in_cache(q, cache, window)                    # [T, H * hd]
+        np.testing.assert_allclose(together, want, rtol=0, atol=2e-5 * np.abs(want).max())
+        for t in range(T):                                   # row t alone: the ring as it was then
+            cache.truncate(n_old + t + 1)
+            alone = kernels.attention_in_cache(q[t:t + 1], cache, window)
+            assert np.array_equal(alone[0], together[t]), f"row {t} of {T}"
+
+
+def test_ring_attention_refuses_keys_the_ring_no_longer_holds():
+    from voxnp._kernels import attention_ring
+
+    ring = np.zeros((2, 10, 16), np.float32)
+    q, out = np.zeros((2, 4, 16), np.float32), np.zeros((2, 4, 16), np.float32)
+    attention_ring(q, ring, ring, 20, 9, out)                # oldest key 10: still in 10 slots
+    with pytest.raises(ValueError):
+        attention_ring(q, ring, ring, 20, 10, out)           # oldest key 9: overwritten by 19

@@ -26,6 +26,7 @@
 
 #define ATT_QR 6                        /* query rows per scoring tile */
 #define ATT_PAD 32                      /* zero columns after the keys of kT (the widest tile) */
+#define ATT_AHEAD 8                     /* keys or values fetched ahead by the decoder's step (att_ring) */
 #define ATT_LOG2E 1.4426950408889634f
 #define ATT_LN2_HI 0.693359375f
 #define ATT_LN2_LO -2.12194440e-4f
@@ -68,6 +69,39 @@ static void att_tile_plain(const float *q, int64_t C, int hd, const float *kT, i
         for (int64_t j = a[i]; j < b[i]; j++) {
             float p = row[j] / total;
             for (int d = 0; d < hd; d++) out[i * ldo + d] += p * v[j * hd + d];
+        }
+    }
+}
+
+/* The decoder's step for one KV head (att_ring), any head size: the vector variants'
+ * loops with one lane. */
+static void att_ring_head_plain(const float *q, int64_t T, int64_t group, int hd,
+                                const float *rk, const float *rv, int64_t cap, int64_t length,
+                                int64_t window, float *S, int64_t ld, float *acc)
+{
+    for (int64_t t = 0; t < T; t++) {
+        int64_t p = length - T + t, first = p - window + 1 > 0 ? p - window + 1 : 0, n = p + 1 - first;
+        for (int64_t h = 0; h < group; h++) {
+            const float *qr = q + (t * group + h) * hd;
+            float *row = S + (t * group + h) * ld, best = -INFINITY, total = 0.0f;
+            for (int64_t j = 0; j < n; j++) {
+                const float *key = rk + ((first + j) % cap) * hd;
+                float s = 0.0f;
+                for (int d = 0; d < hd; d++) s += qr[d] * key[d];
+                row[j] = s;
+                best = s > best ? s : best;
+            }
+            for (int64_t j = 0; j < n; j++) {
+                row[j] = att_exp_scalar(row[j] - best);
+                total += row[j];
+            }
+            float inv = 1.0f / total, *a = acc + (t * group + h) * hd;
+            for (int d = 0; d < hd; d++) a[d] = 0.0f;
+            for (int64_t j = 0; j < n; j++) {
+                const float *value = rv + ((first + j) % cap) * hd;
+                float w = row[j] * inv;
+                for (int d = 0; d < hd; d++) a[d] += w * value[d];
+            }
         }
     }
 }
@@ -170,6 +204,57 @@ static int att_window(const float *q, int64_t H, int64_t T, int hd, const float 
         }
         free(kT);
         free(ab);
+    }
+    return failed ? -1 : 0;
+}
+
+/* The decoder's step: the last T (<= 8) positions, already appended to the ring, attend over
+ * it in place. q [T, H, hd] (unscaled); ring_k, ring_v [Hkv, cap, hd], position p in slot
+ * p % cap; query t is at p = length - T + t and sees max(0, p - window + 1) .. p. out [T, H, hd].
+ * One task per KV head: each key and value is read from memory once for the T positions and
+ * the query heads that share it. Every row's arithmetic is independent of T and of the other
+ * rows (its own keys, softmax and sums, in a fixed order), so T rows give bit for bit what T
+ * one-row calls give. Returns 0, or -1 when out of memory. */
+static int att_ring(const float *q, int64_t T, int64_t H, int hd, const float *ring_k, const float *ring_v,
+                    int64_t Hkv, int64_t cap, int64_t length, int64_t window, float *out, int threads, int kset)
+{
+    int64_t group = H / Hkv, R = T * group;
+    int64_t seen = window < length ? window : length;          /* most keys a row sees */
+    int64_t ld = (seen + 16 + 15) / 16 * 16;                    /* room for a vector past the last */
+    float scale = 1.0f / sqrtf((float)hd);
+    int failed = 0;
+    int lanes = 4;
+#ifdef VOXNP_X86
+    lanes = kset >= KSET_AVX512 ? 16 : kset >= KSET_AVX2 ? 8 : 4;
+#endif
+    int vector = hd % lanes == 0;
+    if (threads < 1) threads = 1;
+    if (threads > Hkv) threads = (int)Hkv;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t g = 0; g < Hkv; g++) {
+        float *qs = (float *)malloc((size_t)(R * hd * 2 + R * ld) * sizeof(float));
+        if (!qs) {
+#pragma omp atomic write
+            failed = 1;
+            continue;
+        }
+        float *acc = qs + R * hd, *S = acc + R * hd;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < group; h++)
+                for (int d = 0; d < hd; d++)
+                    qs[(t * group + h) * hd + d] = q[(t * H + g * group + h) * hd + d] * scale;
+        const float *rk = ring_k + g * cap * hd, *rv = ring_v + g * cap * hd;
+        if (!vector) att_ring_head_plain(qs, T, group, hd, rk, rv, cap, length, window, S, ld, acc);
+#ifdef VOXNP_X86
+        else if (kset >= KSET_AVX512) att_ring_head_avx512(qs, T, group, hd, rk, rv, cap, length, window, S, ld, acc);
+        else if (kset >= KSET_AVX2) att_ring_head_avx2(qs, T, group, hd, rk, rv, cap, length, window, S, ld, acc);
+#endif
+        else att_ring_head_sse(qs, T, group, hd, rk, rv, cap, length, window, S, ld, acc);
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < group; h++)
+                for (int d = 0; d < hd; d++)
+                    out[(t * H + g * group + h) * hd + d] = acc[(t * group + h) * hd + d];
+        free(qs);
     }
     return failed ? -1 : 0;
 }

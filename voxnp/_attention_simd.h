@@ -143,5 +143,133 @@ static void ATT_NAME(att_tile)(const float *q, int64_t C, int hd, const float *k
     }
 }
 
+/* Four query rows q0..q3 [hd] against one key (hd a multiple of ATT_W): per row, two vector
+ * sums (even and odd vectors) added, then the four rows' lanes reduced together by halves
+ * (each row's lanes only with its own); s[0..3]. The order depends on nothing but hd. */
+static inline __attribute__((always_inline)) void
+ATT_NAME(att_dot4)(const float *q0, const float *q1, const float *q2, const float *q3, const float *k,
+                   int hd, float *s)
+{
+    VF a[4][2];
+    const float *qr[4] = {q0, q1, q2, q3};
+    for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = ATT_NAME(att_splat)(0.0f);
+    int c = 0;
+    for (; c + 2 * ATT_W <= hd; c += 2 * ATT_W) {
+        VF k0 = ATT_NAME(att_load)(k + c), k1 = ATT_NAME(att_load)(k + c + ATT_W);
+        for (int r = 0; r < 4; r++) {
+            a[r][0] += ATT_NAME(att_load)(qr[r] + c) * k0;
+            a[r][1] += ATT_NAME(att_load)(qr[r] + c + ATT_W) * k1;
+        }
+    }
+    if (c < hd) {
+        VF k0 = ATT_NAME(att_load)(k + c);
+        for (int r = 0; r < 4; r++) a[r][0] += ATT_NAME(att_load)(qr[r] + c) * k0;
+    }
+    VF v0 = a[0][0] + a[0][1], v1 = a[1][0] + a[1][1], v2 = a[2][0] + a[2][1], v3 = a[3][0] + a[3][1];
+#if ATT_W == 16
+    VF x01 = __builtin_shuffle(v0, v1, (VI){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23})
+           + __builtin_shuffle(v0, v1, (VI){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
+    VF x23 = __builtin_shuffle(v2, v3, (VI){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23})
+           + __builtin_shuffle(v2, v3, (VI){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
+    VF y = __builtin_shuffle(x01, x23, (VI){0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27})
+         + __builtin_shuffle(x01, x23, (VI){4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31});
+    y += __builtin_shuffle(y, (VI){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+    y += __builtin_shuffle(y, (VI){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+    s[0] = y[0]; s[1] = y[4]; s[2] = y[8]; s[3] = y[12];
+#elif ATT_W == 8
+    VF x01 = __builtin_shuffle(v0, v1, (VI){0, 1, 2, 3, 8, 9, 10, 11})
+           + __builtin_shuffle(v0, v1, (VI){4, 5, 6, 7, 12, 13, 14, 15});
+    VF x23 = __builtin_shuffle(v2, v3, (VI){0, 1, 2, 3, 8, 9, 10, 11})
+           + __builtin_shuffle(v2, v3, (VI){4, 5, 6, 7, 12, 13, 14, 15});
+    VF y = __builtin_shuffle(x01, x23, (VI){0, 1, 4, 5, 8, 9, 12, 13})
+         + __builtin_shuffle(x01, x23, (VI){2, 3, 6, 7, 10, 11, 14, 15});
+    y += __builtin_shuffle(y, (VI){1, 0, 3, 2, 5, 4, 7, 6});
+    s[0] = y[0]; s[1] = y[2]; s[2] = y[4]; s[3] = y[6];
+#else
+    VF x01 = __builtin_shuffle(v0, v1, (VI){0, 1, 4, 5}) + __builtin_shuffle(v0, v1, (VI){2, 3, 6, 7});
+    VF x23 = __builtin_shuffle(v2, v3, (VI){0, 1, 4, 5}) + __builtin_shuffle(v2, v3, (VI){2, 3, 6, 7});
+    VF y = __builtin_shuffle(x01, x23, (VI){0, 2, 4, 6}) + __builtin_shuffle(x01, x23, (VI){1, 3, 5, 7});
+    s[0] = y[0]; s[1] = y[1]; s[2] = y[2]; s[3] = y[3];
+#endif
+}
+
+/* One KV head of the decoder's step (see att_ring in _attention.h): rows r = t * group + h
+ * of q [R, hd] (scaled) attend over the keys their position sees; S [R, ld] holds row r's
+ * scores from its own first key on, acc [R, hd] its weighted values. Each row's arithmetic
+ * (dot, softmax over its own keys, values weighed in key order) is the same whatever T. */
+static void ATT_NAME(att_ring_head)(const float *q, int64_t T, int64_t group, int hd,
+                                    const float *rk, const float *rv, int64_t cap, int64_t length,
+                                    int64_t window, float *S, int64_t ld, float *acc)
+{
+    int64_t lo = length - T - window + 1 > 0 ? length - T - window + 1 : 0;
+    for (int64_t i = lo, slot = lo % cap; i < length; i++, slot = slot + 1 == cap ? 0 : slot + 1) {
+        const float *key = rk + slot * hd, *ahead = rk + ((slot + ATT_AHEAD) % cap) * hd;
+        for (int l = 0; l < hd; l += 16) __builtin_prefetch(ahead + l);
+        for (int64_t t = 0; t < T; t++) {
+            int64_t p = length - T + t, first = p - window + 1 > 0 ? p - window + 1 : 0;
+            if (i < first || i > p) continue;
+            for (int64_t h0 = 0; h0 < group; h0 += 4) {     /* the position's heads, 4 at a time */
+                const float *qr[4];
+                float s4[4];
+                for (int r = 0; r < 4; r++) qr[r] = q + (t * group + (h0 + r < group ? h0 + r : h0)) * hd;
+                ATT_NAME(att_dot4)(qr[0], qr[1], qr[2], qr[3], key, hd, s4);
+                for (int r = 0; r < 4 && h0 + r < group; r++) S[(t * group + h0 + r) * ld + i - first] = s4[r];
+            }
+        }
+    }
+    VI iota;
+    for (int l = 0; l < ATT_W; l++) iota[l] = l;
+    for (int64_t t = 0; t < T; t++) {
+        int64_t p = length - T + t, first = p - window + 1 > 0 ? p - window + 1 : 0, n = p + 1 - first;
+        for (int64_t h = 0; h < group; h++) {
+            float *row = S + (t * group + h) * ld, best = -INFINITY;
+            for (int64_t j = 0; j < n; j++) best = row[j] > best ? row[j] : best;
+            VF mv = ATT_NAME(att_splat)(best), total = ATT_NAME(att_splat)(0.0f);
+            for (int64_t j = 0; j < n; j += ATT_W) {          /* lanes past n: 0 (S has room) */
+                VI in = (iota + (int32_t)j) < (int32_t)n;
+                VF e = ATT_NAME(att_exp)(ATT_NAME(att_load)(row + j) - mv);
+                e = (VF)((VI)e & in);
+                total += e;
+                ATT_NAME(att_store)(row + j, e);
+            }
+            float sum = 0.0f;
+            for (int l = 0; l < ATT_W; l++) sum += total[l];
+            float inv = 1.0f / sum;
+            for (int64_t j = 0; j < n; j++) row[j] *= inv;
+        }
+    }
+    /* values: per position, 4 heads x CV vectors of dims in registers, the keys in order */
+    enum { CV = ATT_W == 16 ? 4 : 2 };
+    for (int64_t t = 0; t < T; t++) {
+        int64_t p = length - T + t, first = p - window + 1 > 0 ? p - window + 1 : 0, n = p + 1 - first;
+        for (int64_t h0 = 0; h0 < group; h0 += 4) {
+            const float *P[4];
+            for (int r = 0; r < 4; r++) P[r] = S + (t * group + (h0 + r < group ? h0 + r : h0)) * ld;
+            for (int c0 = 0; c0 < hd; c0 += CV * ATT_W) {
+                int nv = (hd - c0) / ATT_W < CV ? (hd - c0) / ATT_W : CV;
+                VF a[4][CV];
+                for (int r = 0; r < 4; r++)
+                    for (int cv = 0; cv < CV; cv++) a[r][cv] = ATT_NAME(att_splat)(0.0f);
+                for (int64_t j = 0, slot = first % cap; j < n; j++, slot = slot + 1 == cap ? 0 : slot + 1) {
+                    const float *value = rv + slot * hd + c0;
+                    if (c0 == 0) {                               /* the first pass over the values reads memory */
+                        const float *ahead = rv + ((slot + ATT_AHEAD) % cap) * hd;
+                        for (int l = 0; l < hd; l += 16) __builtin_prefetch(ahead + l);
+                    }
+                    VF vv[CV];
+                    for (int cv = 0; cv < CV; cv++) vv[cv] = cv < nv ? ATT_NAME(att_load)(value + cv * ATT_W) : ATT_NAME(att_splat)(0.0f);
+                    for (int r = 0; r < 4; r++) {
+                        VF w = ATT_NAME(att_splat)(P[r][j]);
+                        for (int cv = 0; cv < CV; cv++) a[r][cv] += w * vv[cv];
+                    }
+                }
+                for (int r = 0; r < 4 && h0 + r < group; r++)
+                    for (int cv = 0; cv < nv; cv++)
+                        ATT_NAME(att_store)(acc + (t * group + h0 + r) * hd + c0 + cv * ATT_W, a[r][cv]);
+            }
+        }
+    }
+}
+
 #undef VF
 #undef VI

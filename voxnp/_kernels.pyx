@@ -194,6 +194,8 @@ cdef extern from "_attention.h" nogil:
     int att_window(const float* q, int64_t H, int64_t T, int hd, const float* k, const float* v,
                    int64_t Hkv, int64_t S, const int64_t* key_pos, int64_t first_pos,
                    int64_t window, int64_t chunk, float* out, int threads, int kset)
+    int att_ring(const float* q, int64_t T, int64_t H, int hd, const float* ring_k, const float* ring_v,
+                 int64_t Hkv, int64_t cap, int64_t length, int64_t window, float* out, int threads, int kset)
 
 
 def attention_window(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:, :, ::1] v,
@@ -216,6 +218,26 @@ def attention_window(const float[:, :, ::1] q, const float[:, :, ::1] k, const f
     if rc:
         raise MemoryError()
 
+
+def attention_ring(const float[:, :, ::1] q, const float[:, :, ::1] ring_k, const float[:, :, ::1] ring_v,
+                   int64_t length, int64_t window, float[:, :, ::1] out, int threads=1):
+    """out [T, H, hd] = the last T positions' queries q [T, H, hd] (already appended to the
+    ring) over the ring ring_k, ring_v [Hkv, cap, hd] in place; query t is at
+    length - T + t and sees the window before it (the decoder's step, T <= 8)."""
+    cdef Py_ssize_t T = q.shape[0], H = q.shape[1], hd = q.shape[2], Hkv = ring_k.shape[0], cap = ring_k.shape[1]
+    cdef int rc
+    cdef int64_t oldest = length - T - window + 1          # the oldest key any query sees ...
+    if (ring_v.shape[0] != Hkv or ring_v.shape[1] != cap or ring_k.shape[2] != hd or ring_v.shape[2] != hd
+            or Hkv == 0 or H % Hkv or window < 1 or T > 8 or length < T or oldest < length - cap  # ... in the ring
+            or out.shape[0] != T or out.shape[1] != H or out.shape[2] != hd):
+        raise ValueError("attention_ring: inconsistent shapes")
+    if T == 0 or H == 0:
+        return
+    with nogil:
+        rc = att_ring(&q[0, 0, 0], T, H, hd, &ring_k[0, 0, 0], &ring_v[0, 0, 0], Hkv, cap, length, window,
+                      &out[0, 0, 0], threads, _kset)
+    if rc:
+        raise MemoryError()
 
 def _best_set():
     """The highest kernel set this CPU runs (the default)."""

@@ -8,9 +8,9 @@
   matrices go to their format's kernels (quant.fast_linear): the encoder's int8 GEMM
   in the int8 and q4 formats.
 - `rope`: interleaved rotation in one pass.
-- `attention_in_cache` (the decoder): each query reads the circular KV buffer in place
-  (Numba, one task per KV head: each key and value is read once for all the rows and
-  the query heads that share it), so rows are independent and exact.
+- `attention_in_cache` (the decoder's steps): the queries read the circular KV buffer in
+  place (att_ring in _attention.h: one task per KV head, each key and value read once for
+  all the rows and the query heads that share it), every row exact and independent.
 - `attention` (the encoder, a block of positions; the decoder's prompt): fused per
   (head, tile of 128 queries) in _attention.h: scores against the keys of the tile's
   window, masked softmax in place, weighted values, the scores staying in the cache.
@@ -25,7 +25,8 @@ from . import cpu, ops
 from .quant import QuantizedMatrix, fast_linear
 
 _compiled = cpu.compiled()                 # the kernel set: $VOXNP_CPU or the CPU's best
-matmul_bf16, attention_window = _compiled.matmul_bf16, _compiled.attention_window
+matmul_bf16, attention_window, attention_ring = (_compiled.matmul_bf16, _compiled.attention_window,
+                                                 _compiled.attention_ring)
 
 xp = np                   # activations are NumPy arrays
 to_numpy = ops.to_numpy
@@ -149,79 +150,12 @@ def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> np.ndarr
 # attention over the circular KV buffer
 
 
-@njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _attend_ring(q, ring_k, ring_v, length, window, out):
-    """Queries of the last T positions, all already in the ring, over the ring in place.
-
-    q [T, H, hd]; ring_k, ring_v [Hkv, cap, hd]; out [T, H, hd]. The query at
-    p = length - T + t sees positions max(0, p - window + 1) .. p, oldest first, in
-    slots pos % cap. One task per KV head: each key and value is read once for the
-    T queries and the `group` query heads that share it. A query's arithmetic does not
-    depend on T or on the other queries (the same loops, in the same order, for each
-    row), so T rows give bit for bit what T one-row calls give (exact speculation/batching).
-    """
-    T, H, hd = q.shape
-    Hkv = ring_k.shape[0]
-    group = H // Hkv
-    cap = ring_k.shape[1]
-    scale = np.float32(1.0 / np.sqrt(hd))
-    last = length - 1                                     # the newest query's position
-    lo = max(0, length - T - window + 1)                  # the oldest key any query sees
-    for g in prange(Hkv):
-        qg = np.empty((T, group, hd), np.float32)
-        for t in range(T):
-            for h in range(group):
-                for d in range(hd):
-                    qg[t, h, d] = q[t, g * group + h, d] * scale
-        scores = np.empty((T, group, last + 1 - lo), np.float32)   # row t: keys first_t .. p_t
-        for i in range(lo, last + 1):
-            key = ring_k[g, i % cap]
-            for t in range(T):
-                p = length - T + t
-                if i > p or i <= p - window:
-                    continue
-                first = max(0, p - window + 1)
-                for h in range(group):
-                    acc = np.float32(0.0)
-                    for d in range(hd):
-                        acc += qg[t, h, d] * key[d]
-                    scores[t, h, i - first] = acc
-        for t in range(T):                                # softmax over each query's visible keys
-            p = length - T + t
-            n = p + 1 - max(0, p - window + 1)
-            for h in range(group):
-                row = scores[t, h, :n]
-                best = row.max()
-                total = np.float32(0.0)
-                for i in range(n):
-                    e = np.exp(row[i] - best)
-                    row[i] = e
-                    total += e
-                row *= np.float32(1.0) / total
-        acc_v = np.zeros((T, group, hd), np.float32)
-        for i in range(lo, last + 1):
-            value = ring_v[g, i % cap]
-            for t in range(T):
-                p = length - T + t
-                if i > p or i <= p - window:
-                    continue
-                first = max(0, p - window + 1)
-                for h in range(group):
-                    w = scores[t, h, i - first]
-                    for d in range(hd):
-                        acc_v[t, h, d] += w * value[d]
-        for t in range(T):
-            for h in range(group):
-                for d in range(hd):
-                    out[t, g * group + h, d] = acc_v[t, h, d]
-
-
 def attention_in_cache(q: np.ndarray, cache, window: int) -> np.ndarray:
     """Same contract as `ops.attention_in_cache`: q [T, H, hd] of the last T cached positions."""
     T, H, hd = q.shape
     if T <= FEW_ROWS:
         out = np.empty((T, H, hd), dtype=np.float32)
-        _attend_ring(np.ascontiguousarray(q), cache.k, cache.v, cache.length, window, out)
+        attention_ring(np.ascontiguousarray(q), cache.k, cache.v, cache.length, window, out, get_num_threads())
         return out.reshape(T, H * hd)
     # many positions (the prompt): blocks scored by BLAS
     cache.check_last_visible(T)
