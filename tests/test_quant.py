@@ -93,6 +93,9 @@ def test_activation_quantization():
     assert xq[0, :3].tolist() == [16384, -32767, 8192] and xs[0, 0] == np.float32(1 / 32767)
     assert np.isnan(xs[1, 0]) and np.isnan(xs[3, 0]) and np.all(xq[1] == 0)
     assert xs[2, 0] == 0 and np.all(xq[2] == 0)
+    xq8, xs8 = quant.quantize_activations(x, 128, quant.ACT_LEVELS_Q4K)      # q4k's: int8
+    assert xq8.dtype == np.int8 and xq8[0, :3].tolist() == [64, -127, 32] and xs8[0, 0] == np.float32(1 / 127)
+    assert np.isnan(xs8[1, 0]) and xs8[2, 0] == 0 and np.all(xq8[2] == 0)
 
 
 # ---------------------------------------------------------------------------
@@ -161,7 +164,7 @@ def test_q4k_integer_sums_are_exact(impl):
     m = quant.QuantizedMatrix(quant.Q4K_FORMAT, (n, k),
                               {"qs": (q[:, :, :, 0] | (q[:, :, :, 1] << 4)).reshape(n, -1), "meta": meta})
     xq = rng.integers(-3, 4, (8, k)).astype(np.float32)
-    xq[:, 1::256] = 32767
+    xq[:, 1::256] = 127                                         # q4k's activations: int8
     x = xq * np.float32(2 ** -10)
     exact = (x.astype(np.float64) @ quant.dequantize(m).T.astype(np.float64)).astype(np.float32)
     np.testing.assert_array_equal(quant.reference_linear(x, m), exact)
@@ -195,6 +198,14 @@ def test_every_kernel_set_gives_the_same_bits(fmt):
         np.testing.assert_array_equal(run_kernel(m, x, impl, threads=2), want, err_msg=impl)
 
 
+def activation_rounding(x, m):
+    """Bound on what rounding the activations changes in x @ W.T: sum_j |W_rj| xs_j / 2."""
+    levels = quant.ACT_LEVELS_Q4K if m.format is quant.Q4K_FORMAT else quant.ACT_LEVELS
+    _, xs = quant.quantize_activations(x, m.format.block, levels)
+    half_step = np.repeat(xs.astype(np.float64) / 2, m.format.block, axis=1)[:, :x.shape[1]]
+    return half_step @ np.abs(quant.dequantize(m)).T.astype(np.float64)
+
+
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
 def test_kernels_linear_dispatch_and_many_rows(fmt):
     m = quant.quantize(heavy_tailed((quant.SCRATCH_FLOATS // 999 + 17, 999)), fmt)   # several blocks
@@ -203,7 +214,10 @@ def test_kernels_linear_dispatch_and_many_rows(fmt):
         x = rng.standard_normal((rows, 999)).astype(np.float32)
         y = kernels.linear(x, m)
         np.testing.assert_allclose(y, ops.linear(x, m), rtol=0, atol=1e-4 * np.abs(y).max())
-        np.testing.assert_allclose(y, x @ dq.T, rtol=0, atol=1e-4 * np.abs(y).max())
+        # up to FEW_ROWS rows the activations are rounded (by at most half their step);
+        # more rows multiply the float activations by BLAS
+        slack = activation_rounding(x, m) if rows <= quant.FEW_ROWS else 0
+        assert np.all(np.abs(y - x @ dq.T) <= slack + 1e-4 * np.abs(y).max())
     x3 = rng.standard_normal((2, 3, 999)).astype(np.float32)          # leading axes kept
     assert kernels.linear(x3, m).shape == (2, 3, m.shape[0])
 
@@ -231,18 +245,23 @@ def test_kernels_reject_wrong_shapes():
 
 def fake_quantized_reference(model_dir, fmt, monkeypatch):
     """tests/reference.py's model with every planned matrix replaced by dequant(quant(W)),
-    and, in the encoder layers (int8 dot products), each activation row rounded to int8
-    with its own scale as the kernels do (x -> xs * xq)."""
+    and the activations rounded where the kernels round them (x -> xs * xq): in the
+    encoder layers (int8 dot products) each row to int8 with its own scale; before a q4k
+    matrix, up to FEW_ROWS rows to int8 per block of 256 (int8 matrices take int16
+    activations, whose rounding is below the test's tolerance)."""
     ref = reference.load_model_dir(model_dir)
     params = ref["params"]
     cfg = voxnp.load(model_dir).config
     plan = quant.PLANS[fmt]
+    q4k_matrices = set()
     for i in range(params["n_layers"]):
         names = _decoder_layer_names(i, cfg.decoder)
         for field, f in plan.items():
             if field != "lm_head":
                 name = names[field][0]
                 ref["_f32"][name] = quant.dequantize(quant.quantize(reference.weight(ref, name), f))
+                if f is quant.Q4K_FORMAT:
+                    q4k_matrices.add(id(ref["_f32"][name]))
     encoder_matrices = set()
     for i in range(cfg.encoder.n_layers):
         names = _encoder_layer_names(i, cfg.encoder)
@@ -254,13 +273,18 @@ def fake_quantized_reference(model_dir, fmt, monkeypatch):
     monkeypatch.setattr(reference, "lm_head", lambda model: head)   # the embedding table stays exact
     linear = reference.linear
 
-    def int8_rows_linear(x, w, b=None):
+    def rounded_linear(x, w, b=None):
+        rows = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
         if id(w) in encoder_matrices:
-            xq, xs = quant.INT8_ROWS.quantize_activations(np.asarray(x, np.float32).reshape(-1, x.shape[-1]))
+            xq, xs = quant.INT8_ROWS.quantize_activations(rows)
             x = (xq.astype(np.float32) * xs[:, None]).reshape(x.shape)
+        elif id(w) in q4k_matrices and rows.shape[0] <= quant.FEW_ROWS:
+            xq, xs = quant.quantize_activations(rows, quant.Q4K_FORMAT.block, quant.ACT_LEVELS_Q4K)
+            blocks = xq.reshape(len(rows), -1, quant.Q4K_FORMAT.block).astype(np.float32) * xs[:, :, None]
+            x = blocks.reshape(len(rows), -1)[:, :rows.shape[1]].reshape(x.shape)
         return linear(x, w, b)
 
-    monkeypatch.setattr(reference, "linear", int8_rows_linear)
+    monkeypatch.setattr(reference, "linear", rounded_linear)
     return ref
 
 
@@ -276,7 +300,10 @@ def test_model_parity_with_fake_quantized_reference(fmt, which, request, speech,
         got = dump_arrays(voxnp.load(model_dir, weights=fmt, backend=backend), speech, teacher=teacher)
         np.testing.assert_array_equal(got["tokens"], want["tokens"])
         err = np.abs(got["logits"] - want["logits"]).max() / np.abs(want["logits"]).max()
-        assert err < 2e-3, f"{backend}: logits off by {err:.1e} of the largest"
+        # q4k rounds its activations to int8: where the engine's float order and the
+        # reference's differ by an ulp, an activation can round the other way, one step
+        # of 1/127 of its block's largest (measured up to 2.0e-3; int8: 3e-5)
+        assert err < (2e-3 if fmt == "int8" else 5e-3), f"{backend}: logits off by {err:.1e} of the largest"
     # and the quantization did change the model (the test would see a dropped dispatch)
     assert np.abs(bf16["logits"] - want["logits"]).max() > 10 * np.abs(got["logits"] - want["logits"]).max()
 

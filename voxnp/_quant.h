@@ -3,18 +3,20 @@
  *   y[t, r] = sum over blocks b of (weight scale * xs[t, b]) * (exact integer dot of block b)
  *
  * The activation rows (T <= 8: a decoder step, speculative positions, batched streams)
- * are first quantized to int16 per block, exactly as quant.quantize_activations does
- * (same float32 operations, so the same integers). Each weight row is then read from
- * memory once and multiplied into every activation row while it is in registers/L1:
+ * are first quantized per block, exactly as quant.quantize_activations does (same
+ * float32 operations, so the same integers): int16 for int8 matrices, int8 for q4k.
+ * Each weight row is then read from memory once and multiplied into every activation
+ * row while it is in registers/L1:
  *
  *   int8 (groups of 128): 16 weights at a time sign-extended to int16 and multiplied by
  *        `madd` (int16 x int16 -> pairs summed in int32); a lane sums 16 products of a
  *        group, |sum| < 127 * 32767 * 16 < 2^31.
- *   q4k (super-blocks of 256): 64 nibbles per 32-byte load, split with a mask and a
- *        shift, widened to int16 and multiplied by their sub-block's 6-bit scale (q * sc
- *        <= 945 fits int16) before `madd`; a lane sums 32 products of a super-block,
- *        < 945 * 32767 * 32 < 2^31. The mins term is mn_j times the activation sub-block
- *        sums (computed once per row).
+ *   q4k (super-blocks of 256): 64 nibbles per 32-byte load (128 per 64-byte load), split
+ *        with a mask and a shift into bytes and multiplied by the int8 activations with
+ *        `maddubs` (u8 x s8 -> pairs summed in int16: <= 2 * 15 * 127, no saturation),
+ *        then by their sub-block's 6-bit scale with `madd` (-> int32); lane l sums the
+ *        inputs 4l..4l+3 of every sub-block, < 8 * 4 * 15 * 63 * 127 < 2^31. The mins
+ *        term is mn_j times the activation sub-block sums (computed once per row).
  * Integer sums are exact; each block's int32 lanes are converted to float and added
  * into 8 float lanes (one FMA by the block's scale product), then the lanes are summed
  * pairwise ((0+4)+(2+6))+((1+5)+(3+7)). That order is the same whatever T, however rows
@@ -40,7 +42,8 @@
 #define Q8_BLOCK 128             /* inputs per int8 group */
 #define Q4K_BLOCK 256            /* inputs per q4k super-block */
 #define Q4K_SUB 32               /* inputs per q4k sub-block */
-#define QUANT_ACT_LEVELS 32767   /* activations: int16, symmetric */
+#define QUANT_ACT_LEVELS 32767   /* activations of int8 matrices: int16, symmetric */
+#define Q4K_ACT_LEVELS 127       /* activations of q4k matrices: int8, symmetric */
 #define QUANT_ACT_FLOOR 1e-30f   /* a smaller block of activations is zero */
 #ifndef QUANT_PREFETCH
 #define QUANT_PREFETCH 2048      /* bytes ahead of the weights being read (software prefetch) */
@@ -49,8 +52,10 @@
 
 typedef struct { float d, dmin; uint8_t sc[8], mn[8]; } q4k_meta;   /* 24 bytes, = quant.Q4K_META */
 
-/* One activation row x [k] -> xq [kp] int16 and xs [kp / block] (quant.quantize_activations). */
-static void quant_activations(const float *x, int64_t k, int64_t block, int64_t kp, int16_t *xq, float *xs)
+/* One activation row x [k] -> xq [kp] (|xq| <= levels) and xs [kp / block]
+ * (quant.quantize_activations). */
+static void quant_activations(const float *x, int64_t k, int64_t block, int64_t kp, int levels,
+                              int16_t *xq, float *xs)
 {
     for (int64_t b0 = 0; b0 < kp; b0 += block) {
         int64_t n = k - b0 < block ? k - b0 : block;
@@ -66,22 +71,34 @@ static void quant_activations(const float *x, int64_t k, int64_t block, int64_t 
             xs[b0 / block] = finite ? 0.0f : NAN;
             continue;
         }
-        float inv = (float)QUANT_ACT_LEVELS / amax;
-        xs[b0 / block] = amax / (float)QUANT_ACT_LEVELS;
+        float inv = (float)levels / amax;
+        xs[b0 / block] = amax / (float)levels;
         for (int64_t i = 0; i < n; i++)
             xq[b0 + i] = (int16_t)lrintf(x[b0 + i] * inv);
     }
 }
 
-/* Sums of each 32-input sub-block of quantized activations: xq [kp] -> bsum [kp / 32],
- * as floats (exact: |sum| <= 32 * 32767 < 2^24; mn * bsum in float32 is then the exact
- * integer product rounded once, as converting the int32 product would round it). */
-static void quant_sub_sums(const int16_t *xq, int64_t kp, float *bsum)
+/* Where q4k's kernels read the activations of sub-block j: slot q4k_slot[j] of its
+ * super-block (32 bytes each), so that one 64-byte load holds those of the low (or high)
+ * nibbles of 64 packed bytes: sub-blocks 0 and 2, then 1 and 3, 4 and 6, 5 and 7. */
+static const int q4k_slot[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+
+/* One activation row of a q4k product: x [k] -> xq [kp] int8 in slot order, xs [kp / 256]
+ * and the sum of each sub-block's xq, bsum [kp / 32] in sub-block order, as floats (exact:
+ * |sum| <= 32 * 127; mn * bsum in float32 is then the exact integer product rounded once).
+ * wide [kp]: scratch. */
+static void q4k_activations(const float *x, int64_t k, int64_t kp, int16_t *wide, int8_t *xq,
+                            float *xs, float *bsum)
 {
-    for (int64_t s = 0; s < kp / Q4K_SUB; s++) {
+    quant_activations(x, k, Q4K_BLOCK, kp, Q4K_ACT_LEVELS, wide, xs);
+    for (int64_t j = 0; j < kp / Q4K_SUB; j++) {
+        int8_t *slot = xq + (j / 8) * Q4K_BLOCK + q4k_slot[j % 8] * Q4K_SUB;
         int32_t acc = 0;
-        for (int i = 0; i < Q4K_SUB; i++) acc += xq[s * Q4K_SUB + i];
-        bsum[s] = (float)acc;
+        for (int i = 0; i < Q4K_SUB; i++) {
+            slot[i] = (int8_t)wide[j * Q4K_SUB + i];
+            acc += wide[j * Q4K_SUB + i];
+        }
+        bsum[j] = (float)acc;
     }
 }
 
@@ -107,7 +124,7 @@ static float q8_dot_portable(const int8_t *w, const float *ws, int64_t ng, const
 }
 
 static float q4k_dot_portable(const uint8_t *qs, const q4k_meta *meta, int64_t nsb,
-                              const int16_t *xq, const float *xs, const float *bsum)
+                              const int8_t *xq, const float *xs, const float *bsum)
 {
     float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (int64_t s = 0; s < nsb; s++) {
@@ -115,9 +132,10 @@ static float q4k_dot_portable(const uint8_t *qs, const q4k_meta *meta, int64_t n
         int32_t q[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int p = 0; p < 4; p++) {             /* byte i of 32: sub-block 2p (low), 2p+1 (high) */
             const uint8_t *b = qs + s * (Q4K_BLOCK / 2) + p * 32;
-            const int16_t *xp = xq + s * Q4K_BLOCK + p * 64;
-            for (int i = 0; i < 32; i++)
-                q[(i % 16) / 2] += (b[i] & 15) * m->sc[2 * p] * xp[i] + (b[i] >> 4) * m->sc[2 * p + 1] * xp[32 + i];
+            const int8_t *lo = xq + s * Q4K_BLOCK + q4k_slot[2 * p] * Q4K_SUB;
+            const int8_t *hi = xq + s * Q4K_BLOCK + q4k_slot[2 * p + 1] * Q4K_SUB;
+            for (int i = 0; i < 32; i++)          /* lane l: inputs 4l..4l+3 */
+                q[i / 4] += (b[i] & 15) * m->sc[2 * p] * lo[i] + (b[i] >> 4) * m->sc[2 * p + 1] * hi[i];
         }
         float d_x = m->d * xs[s], dmin_x = m->dmin * xs[s];
         for (int l = 0; l < 8; l++) {
@@ -134,7 +152,7 @@ static void q8_row_portable(const int8_t *w, const float *ws, int64_t ng, const 
     for (int64_t t = 0; t < T; t++) y[t * n] = q8_dot_portable(w, ws, ng, xq + t * kp, xs + t * ng);
 }
 
-static void q4k_row_portable(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int16_t *xq,
+static void q4k_row_portable(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int8_t *xq,
                              const float *xs, const float *bsum, int64_t kp, int64_t T, float *y, int64_t n)
 {
     for (int64_t t = 0; t < T; t++)
@@ -143,7 +161,7 @@ static void q4k_row_portable(const uint8_t *qs, const q4k_meta *meta, int64_t ns
 
 typedef void (*q8_row_fn)(const int8_t *w, const float *ws, int64_t ng, const int16_t *xq,
                           const float *xs, int64_t kp, int64_t T, float *y, int64_t n);
-typedef void (*q4k_row_fn)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int16_t *xq,
+typedef void (*q4k_row_fn)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int8_t *xq,
                            const float *xs, const float *bsum, int64_t kp, int64_t T, float *y, int64_t n);
 
 #ifdef VOXNP_X86
@@ -165,20 +183,19 @@ VOXNP_TARGET_END
 #define Q_ZERO _mm256_setzero_si256
 #define Q_LOAD16(p) _mm256_loadu_si256((const __m256i *)(p))
 #define Q_S8(p) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p)))
-VOXNP_TARGET_BEGIN(VOXNP_T_AVX2)
-static inline __attribute__((always_inline)) void q4k_nibbles_256(__m256i v, __m256i *out)
-{
-    const __m256i low4 = _mm256_set1_epi8(0x0F);
-    __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
-    out[0] = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(lo));
-    out[1] = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(lo, 1));
-    out[2] = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(hi));
-    out[3] = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(hi, 1));
-}
-VOXNP_TARGET_END
-#define Q_NIBBLES q4k_nibbles_256
-#define Q_MUL16 _mm256_mullo_epi16
-#define Q_SET16(c) _mm256_set1_epi16(c)
+#define Q_ADD32 _mm256_add_epi32
+#define Q4_CHUNKS 1
+#define Q_LOAD8(p) _mm256_loadu_si256((const __m256i *)(p))
+#define Q4_NIBBLES(p, lo, hi) do {                                                       \
+        __m256i v_ = _mm256_loadu_si256((const __m256i *)(p));                            \
+        (lo) = _mm256_and_si256(v_, _mm256_set1_epi8(0x0F));                              \
+        (hi) = _mm256_and_si256(_mm256_srli_epi16(v_, 4), _mm256_set1_epi8(0x0F));        \
+    } while (0)
+#define Q4_SCALES(sc, p, lo, hi) do {                                                    \
+        (lo) = _mm256_set1_epi16((sc)[2 * (p)]);                                          \
+        (hi) = _mm256_set1_epi16((sc)[2 * (p) + 1]);                                      \
+    } while (0)
+#define Q4_MADDUBS _mm256_maddubs_epi16
 #define Q_TO8(v) (v)
 
 VOXNP_TARGET_BEGIN(VOXNP_T_AVX2)
@@ -203,9 +220,12 @@ VOXNP_TARGET_END
 #undef Q_ZERO
 #undef Q_LOAD16
 #undef Q_S8
-#undef Q_NIBBLES
-#undef Q_MUL16
-#undef Q_SET16
+#undef Q_ADD32
+#undef Q4_CHUNKS
+#undef Q_LOAD8
+#undef Q4_NIBBLES
+#undef Q4_SCALES
+#undef Q4_MADDUBS
 #undef Q_TO8
 
 /* ------------------------------------------------------------------------------------ */
@@ -217,13 +237,23 @@ VOXNP_TARGET_END
 #define Q_ZERO _mm512_setzero_si512
 #define Q_LOAD16(p) _mm512_loadu_si512((const void *)(p))
 #define Q_S8(p) _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(p)))
-#define Q_NIBBLES(v, out) do {                        /* bytes widened once, then split */ \
-        __m512i z_ = _mm512_cvtepu8_epi16(v);                                             \
-        (out)[0] = _mm512_and_si512(z_, _mm512_set1_epi16(0x0F));                         \
-        (out)[1] = _mm512_srli_epi16(z_, 4);                                               \
+#define Q_ADD32 _mm512_add_epi32
+#define Q4_CHUNKS 2                 /* a 64-byte load: 32-byte chunks p, p+1 (p even) */
+#define Q_LOAD8(p) _mm512_loadu_si512((const void *)(p))
+#define Q4_NIBBLES(p, lo, hi) do {                                                       \
+        __m512i v_ = _mm512_loadu_si512((const void *)(p));                               \
+        (lo) = _mm512_and_si512(v_, _mm512_set1_epi8(0x0F));                              \
+        (hi) = _mm512_and_si512(_mm512_srli_epi16(v_, 4), _mm512_set1_epi8(0x0F));        \
     } while (0)
-#define Q_MUL16 _mm512_mullo_epi16
-#define Q_SET16(c) _mm512_set1_epi16(c)
+/* the low nibbles of chunks p, p+1 are sub-blocks 2p, 2p+2; the high ones 2p+1, 2p+3 */
+#define Q4_SCALES(sc, p, lo, hi) do {                                                    \
+        __m512i s_ = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(sc)))); \
+        (lo) = _mm512_permutexvar_epi16(_mm512_inserti64x4(                               \
+            _mm512_set1_epi16(2 * (p)), _mm256_set1_epi16(2 * (p) + 2), 1), s_);          \
+        (hi) = _mm512_permutexvar_epi16(_mm512_inserti64x4(                               \
+            _mm512_set1_epi16(2 * (p) + 1), _mm256_set1_epi16(2 * (p) + 3), 1), s_);      \
+    } while (0)
+#define Q4_MADDUBS _mm512_maddubs_epi16
 #define Q_TO8(v) _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1))
 
 VOXNP_TARGET_BEGIN(VOXNP_T_AVX512)
@@ -248,9 +278,12 @@ VOXNP_TARGET_END
 #undef Q_ZERO
 #undef Q_LOAD16
 #undef Q_S8
-#undef Q_NIBBLES
-#undef Q_MUL16
-#undef Q_SET16
+#undef Q_ADD32
+#undef Q4_CHUNKS
+#undef Q_LOAD8
+#undef Q4_NIBBLES
+#undef Q4_SCALES
+#undef Q4_MADDUBS
 #undef Q_TO8
 #endif
 
@@ -291,7 +324,8 @@ static int q8_matmul(const int8_t *q, const float *scale, int64_t n, int64_t kp,
     int16_t *xq = malloc(T * kp * sizeof(int16_t));
     float *xs = malloc(T * ng * sizeof(float));
     if (!xq || !xs) { free(xq); free(xs); return -1; }
-    for (int64_t t = 0; t < T; t++) quant_activations(x + t * k, k, Q8_BLOCK, kp, xq + t * kp, xs + t * ng);
+    for (int64_t t = 0; t < T; t++)
+        quant_activations(x + t * k, k, Q8_BLOCK, kp, QUANT_ACT_LEVELS, xq + t * kp, xs + t * ng);
     q8_row_fn row = q8_row_for(kset);
     if (threads < 1 || n * kp < QUANT_PARALLEL_MIN) threads = 1;
     #pragma omp parallel for schedule(static) num_threads(threads)
@@ -305,14 +339,14 @@ static int q4k_matmul(const uint8_t *qs, const uint8_t *meta, int64_t n, int64_t
                       int64_t T, int64_t k, float *y, int threads, int kset)
 {
     int64_t nsb = kp / Q4K_BLOCK, nb = kp / Q4K_SUB;
-    int16_t *xq = malloc(T * kp * sizeof(int16_t));
+    int8_t *xq = malloc(T * kp);
+    int16_t *wide = malloc(kp * sizeof(int16_t));
     float *xs = malloc(T * nsb * sizeof(float));
     float *bsum = malloc(T * nb * sizeof(float));
-    if (!xq || !xs || !bsum) { free(xq); free(xs); free(bsum); return -1; }
-    for (int64_t t = 0; t < T; t++) {
-        quant_activations(x + t * k, k, Q4K_BLOCK, kp, xq + t * kp, xs + t * nsb);
-        quant_sub_sums(xq + t * kp, kp, bsum + t * nb);
-    }
+    if (!xq || !wide || !xs || !bsum) { free(xq); free(wide); free(xs); free(bsum); return -1; }
+    for (int64_t t = 0; t < T; t++)
+        q4k_activations(x + t * k, k, kp, wide, xq + t * kp, xs + t * nsb, bsum + t * nb);
+    free(wide);
     const q4k_meta *m = (const q4k_meta *)meta;
     q4k_row_fn row = q4k_row_for(kset);
     if (threads < 1 || n * kp < QUANT_PARALLEL_MIN) threads = 1;

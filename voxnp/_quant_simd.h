@@ -4,18 +4,23 @@
  *   QI            the integer vector type; Q_W16 its int16 lanes (16 or 32)
  *   Q_ROWS        activation rows whose accumulators share the registers (<= 8)
  *   Q_ZERO(), Q_LOAD16(p) (Q_W16 int16), Q_S8(p) (Q_W16 int8 -> int16),
- *   Q_NIBBLES(v, out) (the 32 bytes of a 256-bit v -> their low nibbles, then their high
- *                 nibbles, as 64 / Q_W16 int16 vectors),
- *   Q_MUL16(a, b), Q_SET16(c), Q_DOT(acc, a, b) (acc + pairs of int16 products, int32),
+ *   Q_DOT(acc, a, b) (acc + pairs of int16 products, int32), Q_ADD32(a, b) (int32 lanes),
+ *   q4k: Q4_CHUNKS (32-byte chunks of packed nibbles per vector: 1 or 2), Q_LOAD8(p) (that
+ *        many bytes), Q4_NIBBLES(p, lo, hi) (the chunks' low and high nibbles as bytes),
+ *        Q4_SCALES(sc, p, lo, hi) (their sub-blocks' scales in the int16 lanes madd pairs
+ *        them with), Q4_MADDUBS(w, x) (u8 x s8 -> pairs summed in int16),
  *   Q_TO8(v) (the int32 lanes folded to 8: lane l + lane l+8 + ...; exact)
  * Defines q8_row_<QV> and q4k_row_<QV>: one weight row times T <= 8 activation rows.
  * The integer sums folded to 8 lanes are those of the 8-lane AVX2 variant, and the float
  * operations after them are the same, so every variant gives the same bits.
  */
+/* A few rows' integer sums go down two chains of dot products (added at the end, exactly):
+ * one chain per row would wait on each dot product's latency. */
+#define Q_TWO_CHAINS(nr) ((nr) <= 4)
+
 #define Q_CAT2(a, b) a##_##b
 #define Q_CAT(a, b) Q_CAT2(a, b)
 #define Q_NAME(x) Q_CAT(x, QV)
-#define Q_NV (64 / Q_W16)                 /* int16 vectors per 64 inputs */
 
 static inline __attribute__((always_inline)) void
 Q_NAME(q8_rows)(const int8_t *w, const float *ws, int64_t ng, const int16_t *xq, const float *xs,
@@ -24,15 +29,19 @@ Q_NAME(q8_rows)(const int8_t *w, const float *ws, int64_t ng, const int16_t *xq,
     __m256 acc[8];
     for (int t = 0; t < nr; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; g++) {
-        QI isum[8];
-        for (int t = 0; t < nr; t++) isum[t] = Q_ZERO();
+        QI isum[8], isum2[8], *odd = Q_TWO_CHAINS(nr) ? isum2 : isum;
+        for (int t = 0; t < nr; t++) isum[t] = isum2[t] = Q_ZERO();
         _mm_prefetch((const char *)(w + g * Q8_BLOCK) + QUANT_PREFETCH, _MM_HINT_T0);
         _mm_prefetch((const char *)(w + g * Q8_BLOCK) + QUANT_PREFETCH + 64, _MM_HINT_T0);
-        for (int c = 0; c < Q8_BLOCK; c += Q_W16) {
-            QI w16 = Q_S8(w + g * Q8_BLOCK + c);
-            for (int t = 0; t < nr; t++)
+        for (int c = 0; c < Q8_BLOCK; c += 2 * Q_W16) {
+            QI w16 = Q_S8(w + g * Q8_BLOCK + c), v16 = Q_S8(w + g * Q8_BLOCK + c + Q_W16);
+            for (int t = 0; t < nr; t++) {
                 isum[t] = Q_DOT(isum[t], w16, Q_LOAD16(xq + t * kp + g * Q8_BLOCK + c));
+                odd[t] = Q_DOT(odd[t], v16, Q_LOAD16(xq + t * kp + g * Q8_BLOCK + c + Q_W16));
+            }
         }
+        if (Q_TWO_CHAINS(nr))
+            for (int t = 0; t < nr; t++) isum[t] = Q_ADD32(isum[t], isum2[t]);
         __m256 scale = _mm256_set1_ps(ws[g]);                      /* ws[g] * xs: one rounding, as in C */
         for (int t = 0; t < nr; t++)
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(Q_TO8(isum[t])),
@@ -42,31 +51,31 @@ Q_NAME(q8_rows)(const int8_t *w, const float *ws, int64_t ng, const int16_t *xq,
 }
 
 static inline __attribute__((always_inline)) void
-Q_NAME(q4k_rows)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int16_t *xq, const float *xs,
+Q_NAME(q4k_rows)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int8_t *xq, const float *xs,
                  const float *bsum, int64_t kp, const int nr, float *y, int64_t ystride)
 {
     __m256 acc[8];
     for (int t = 0; t < nr; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t s = 0; s < nsb; s++) {
         const q4k_meta *m = meta + s;
-        QI qsum[8];
-        for (int t = 0; t < nr; t++) qsum[t] = Q_ZERO();
+        QI qsum[8], qsum2[8], *high = Q_TWO_CHAINS(nr) ? qsum2 : qsum;
+        for (int t = 0; t < nr; t++) qsum[t] = qsum2[t] = Q_ZERO();
         _mm_prefetch((const char *)(qs + s * (Q4K_BLOCK / 2)) + QUANT_PREFETCH, _MM_HINT_T0);
         _mm_prefetch((const char *)(qs + s * (Q4K_BLOCK / 2)) + QUANT_PREFETCH + 64, _MM_HINT_T0);
         _mm_prefetch((const char *)m + QUANT_PREFETCH / 4, _MM_HINT_T0);
-        for (int p = 0; p < 4; p++) {        /* 64 inputs: sub-blocks 2p (low nibbles), 2p+1 (high) */
-            QI w[Q_NV];
-            Q_NIBBLES(_mm256_loadu_si256((const __m256i *)(qs + s * (Q4K_BLOCK / 2) + p * 32)), w);
-            QI sa = Q_SET16(m->sc[2 * p]), sb = Q_SET16(m->sc[2 * p + 1]);
-            for (int c = 0; c < Q_NV / 2; c++) {
-                w[c] = Q_MUL16(w[c], sa);
-                w[Q_NV / 2 + c] = Q_MUL16(w[Q_NV / 2 + c], sb);
-            }
+        for (int p = 0; p < 4; p += Q4_CHUNKS) {     /* 32-byte chunks p.. (sub-blocks 2p, 2p+1 each) */
+            QI lo, hi, slo, shi;
+            Q4_NIBBLES(qs + s * (Q4K_BLOCK / 2) + p * 32, lo, hi);
+            Q4_SCALES(m->sc, p, slo, shi);
+            int64_t at = s * Q4K_BLOCK + (p / 2) * 128 + (p % 2) * 32;   /* slot of sub-block 2p */
             for (int t = 0; t < nr; t++) {
-                const int16_t *xt = xq + t * kp + s * Q4K_BLOCK + p * 64;
-                for (int c = 0; c < Q_NV; c++) qsum[t] = Q_DOT(qsum[t], w[c], Q_LOAD16(xt + Q_W16 * c));
+                const int8_t *xt = xq + t * kp + at;
+                qsum[t] = Q_DOT(qsum[t], Q4_MADDUBS(lo, Q_LOAD8(xt)), slo);
+                high[t] = Q_DOT(high[t], Q4_MADDUBS(hi, Q_LOAD8(xt + 64)), shi);   /* 2p+1: 2 slots on */
             }
         }
+        if (Q_TWO_CHAINS(nr))
+            for (int t = 0; t < nr; t++) qsum[t] = Q_ADD32(qsum[t], qsum2[t]);
         /* shared by the rows: the mins, d and dmin in every lane */
         __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)m->mn)));
         __m256 d = _mm256_set1_ps(m->d), dmin = _mm256_set1_ps(m->dmin);
@@ -99,7 +108,7 @@ static void Q_NAME(q8_row)(const int8_t *w, const float *ws, int64_t ng, const i
 #undef Q8_CALL
 }
 
-static void Q_NAME(q4k_row)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int16_t *xq,
+static void Q_NAME(q4k_row)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int8_t *xq,
                             const float *xs, const float *bsum, int64_t kp, int64_t T, float *y, int64_t n)
 {
     int64_t t = 0, nb = kp / Q4K_SUB;
@@ -117,7 +126,7 @@ static void Q_NAME(q4k_row)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb
 #undef Q4K_CALL
 }
 
-#undef Q_NV
+#undef Q_TWO_CHAINS
 #undef Q_NAME
 #undef Q_CAT
 #undef Q_CAT2

@@ -13,11 +13,16 @@ Formats of one matrix (rows padded with zeros to whole blocks):
         min dmin, and 8 sub-blocks of 32 with 6-bit scale sc and min mn:
         w = d * sc * q - dmin * mn, q in [0, 15]              0.59 bytes per weight
 
-Products. The activations are quantized too, to int16 per block of the weight format
-(one float32 scale each: x = xs * xq, |xq| <= 32767), so each block's dot product is an
-exact integer sum; the float result is the sum over blocks of (weight scale * xs) times
-that integer. int16 keeps the activations' own error near 1e-5 (outlier channels
-included), so the weight rounding is all that matters.
+Products. The activations are quantized too, per block of the weight format (one
+float32 scale each: x = xs * xq), so each block's dot product is an exact integer sum;
+the float result is the sum over blocks of (weight scale * xs) times that integer.
+  int8  pairs with int16 activations (|xq| <= 32767): their own error stays near 1e-5
+        (outlier channels included), so the weight rounding is all that matters.
+  q4k   pairs with int8 activations (|xq| <= 127), as ggml's Q4_K with Q8_K: 15
+        levels per sub-block of weights against 127 per block of activations, so the
+        weights' rounding still dominates (bench/quant.py's matmul proxy), and bytes
+        let the kernels multiply the 4-bit weights without widening them to 16 bits
+        (maddubs: 64 weights per instruction), which halves their work per weight.
 
 Model formats (`PLANS`): which matrix format each decoder matrix gets. "int8" is int8
 everywhere; "q4" is q4k for q/k/v and the feed-forward, int8 for the attention output
@@ -36,7 +41,8 @@ from .weights import bf16_to_f32
 WEIGHT_FORMATS = ("bf16", "int8", "q4")
 FORMAT_VERSION = 2                  # bumped whenever a format's bytes change (old files are rebuilt)
 
-ACT_LEVELS = 32767                  # activations: int16, symmetric
+ACT_LEVELS = 32767                  # activations of int8 matrices: int16, symmetric
+ACT_LEVELS_Q4K = 127                # activations of q4k matrices: int8, symmetric
 ACT_FLOOR = np.float32(1e-30)       # a block of activations smaller than this is zero
 FEW_ROWS = 8                        # up to this many activation rows: the fused kernel
 SCRATCH_FLOATS = 1 << 20            # more rows: weights dequantized this much at a time for BLAS
@@ -62,10 +68,11 @@ def _padded(w: np.ndarray, block: int) -> np.ndarray:
     return w if kp == k else np.pad(w, ((0, 0), (0, kp - k)))
 
 
-def quantize_activations(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """x [T, k] float32 -> xq int16 [T, kp], xs float32 [T, kp / block]: x = xs * xq.
+def quantize_activations(x: np.ndarray, block: int, levels: int = ACT_LEVELS) -> tuple[np.ndarray, np.ndarray]:
+    """x [T, k] float32 -> xq [T, kp], xs float32 [T, kp / block]: x = xs * xq.
 
-    xs = max|x| / 32767 per block, xq = rint(x * (32767 / max|x|)). A block with a NaN
+    xs = max|x| / levels per block, xq = rint(x * (levels / max|x|)): int16 for
+    levels 32767, int8 for 127. A block with a NaN
     or an infinity gets xs = NaN (the product is NaN, as in BF16); a block below
     ACT_FLOOR is zero.
     """
@@ -74,10 +81,10 @@ def quantize_activations(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndar
     amax = np.where(finite, np.abs(np.where(np.isfinite(blocks), blocks, 0)).max(axis=2), 0)
     live = finite & (amax >= ACT_FLOOR)
     safe = np.where(live, amax, 1).astype(np.float32)
-    inv = np.float32(ACT_LEVELS) / safe                                                    # float32
+    inv = np.float32(levels) / safe                                                        # float32
     xq = np.where(live[:, :, None], np.rint(np.where(np.isfinite(blocks), blocks, 0) * inv[:, :, None]), 0)
-    xs = np.where(live, safe / np.float32(ACT_LEVELS), np.where(finite, 0, np.nan)).astype(np.float32)
-    return xq.astype(np.int16).reshape(x.shape[0], -1), xs
+    xs = np.where(live, safe / np.float32(levels), np.where(finite, 0, np.nan)).astype(np.float32)
+    return xq.astype(np.int16 if levels > 127 else np.int8).reshape(x.shape[0], -1), xs
 
 
 def _block_dots(xq: np.ndarray, wq: np.ndarray, block: int) -> np.ndarray:
@@ -213,7 +220,7 @@ class Q4K:
         """x [T, k] -> [T, n]: per super-block, (d xs) sum_j sc_j (q_j . xq_j) - (dmin xs) sum_j mn_j sum(xq_j)."""
         T, n = x.shape[0], m.shape[0]
         meta = m.arrays["meta"]                                                 # [n, nsb]
-        xq, xs = quantize_activations(x, self.block)                           # [T, kp], [T, nsb]
+        xq, xs = quantize_activations(x, self.block, ACT_LEVELS_Q4K)           # int8 [T, kp], [T, nsb]
         q = self._unpack(m.arrays["qs"]).reshape(n, -1)                         # [n, kp]
         dots = _block_dots(xq, q, self.sub).reshape(T, n, -1, 8)               # [T, n, nsb, 8] exact
         qsum = (dots * meta["sc"][None]).sum(axis=3)                            # [T, n, nsb]
@@ -381,14 +388,19 @@ def _finish(y: np.ndarray, x: np.ndarray, n_out: int, bias) -> np.ndarray:
 
 
 def reference_linear(x: np.ndarray, w: QuantizedMatrix, bias=None, rows_per_pass: int = 4096) -> np.ndarray:
-    """y = x @ W.T (+ b) by the format's NumPy definition: x [..., in] -> [..., out]."""
+    """y = x @ W.T (+ b) by the format's NumPy definition: x [..., in] -> [..., out].
+
+    As in fast_linear, the decoder's formats multiply more than FEW_ROWS rows (a prompt)
+    as float activations times the dequantized weights; fewer rows by their product.
+    """
     n, k = w.shape
     rows = x.reshape(-1, k).astype(np.float32, copy=False)
     y = np.empty((rows.shape[0], n), np.float32)
+    in_float = rows.shape[0] > FEW_ROWS and w.format is not INT8_ROWS
     for r0 in range(0, n, rows_per_pass):          # bounded memory for the 131072-row head
         part = QuantizedMatrix(w.format, (min(n, r0 + rows_per_pass) - r0, k),
                                {a: v[r0:r0 + rows_per_pass] for a, v in w.arrays.items()})
-        y[:, r0:r0 + part.shape[0]] = w.format.product(rows, part)
+        y[:, r0:r0 + part.shape[0]] = rows @ dequantize(part).T if in_float else w.format.product(rows, part)
     return _finish(y, x, n, bias)
 
 
