@@ -87,14 +87,16 @@ def open_bf16(path: Path):
 
 
 def load(model_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None,
-         weights: str = "bf16", progress: bool | None = None) -> Model:
+         weights: str = "bf16", progress: bool | None = None, resident: bool | None = None) -> Model:
     """Open a model directory (params.json, tekken.json, consolidated.safetensors).
 
     weights: "bf16" (the checkpoint, the reference), "int8" or "q4": the decoder's
     matrices quantized (see quant.py), converted once and mapped (see quant_file.py);
-    progress: show the conversion's progress bar (default: when stderr is a terminal).
+    progress: show the conversion's progress bar (default: when stderr is a terminal);
+    resident: copy the decoder's matrices into huge-page memory for faster steps
+    (default: $VOXNP_RESIDENT, else for int8 and q4 on the CPU; see resident.py).
     """
-    from . import quant, quant_file
+    from . import quant, quant_file, resident as resident_mod
 
     path = Path(str(model_dir)) if model_dir is not None else default_model_dir()  # fire may pass a number
     quant.check_format(weights)
@@ -106,6 +108,8 @@ def load(model_dir: str | Path | None = None, backend: str = "auto", threads: in
         file = quant_file.open_quantized(path, st, bf16, weights,
                                          progress=sys.stderr.isatty() if progress is None else progress)
         model_weights = quant_file.quantized_weights(bf16, file)
+    if resident if resident is not None else resident_mod.wanted(weights, backend):
+        model_weights = resident_mod.decoder_in_memory(model_weights)
     tokenizer = Tokenizer(tekken, config.decoder.vocab_size, path / "tekken.json")
     ops = get_backend(backend, threads=threads)
     prepare = getattr(ops, "prepare", None)               # the GPU backend uploads the weights
