@@ -11,6 +11,9 @@ the best round kept (the machine is shared and noisy):
   and the read floor: bytes / streaming read bandwidth measured in the same run;
 - a pass of T = 1, 2, 4, 8 rows of one sequence (speculation, batching) at the same context,
   as a ratio to T = 1 (the step).
+Each format's decoder is loaded as `voxnp.load` does by default (int8 and q4 copied into
+huge-page memory, bf16 mapped; the JSON's "resident" says which): VOXNP_RESIDENT=1 copies
+bf16's too, for a comparison of the kernels alone, VOXNP_RESIDENT=0 maps all three.
 """
 from __future__ import annotations
 
@@ -73,7 +76,7 @@ def time_pass(m, state, rows: int, repeats: int) -> float:
 
 def main(model=None, sets=None, rounds=3, out=None):
     import voxnp
-    from voxnp import cpu
+    from voxnp import cpu, resident
 
     model = Path(model) if model else full_checkpoint()
     sets = sets.split(",") if sets else sorted({cpu.best(), "avx2"} & set(cpu.available()),
@@ -83,6 +86,7 @@ def main(model=None, sets=None, rounds=3, out=None):
     row = row_recorder(rows, results)
 
     models = {fmt: voxnp.load(model, weights=fmt, progress=False) for fmt in FORMATS}
+    results["resident"] = {fmt: resident.wanted(fmt, "auto") for fmt in FORMATS}   # else mapped
     nbytes = {fmt: step_bytes(models[fmt], CONTEXT) for fmt in FORMATS}
     states = {fmt: filled_state(models[fmt], CONTEXT) for fmt in FORMATS}
     for f in FORMATS:
