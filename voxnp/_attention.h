@@ -3,13 +3,16 @@
  *   out[t, h] = sum_j softmax_j(q[h, t] . k[g, j]) v[g, j]   over the keys j with
  *               pos(t) - window < key_pos[j] <= pos(t),  g = h / (H / Hkv)
  *
- One task per query head, split across OpenMP threads; it transposes its keys once, then
- * each tile of `chunk` queries is scored against the run of keys any of its queries sees (register tiles of 6
- * queries x 2 vectors of keys, the keys transposed so a vector holds consecutive keys),
- * softmaxes each row over its own window in place (vector max, exponential, sum; hidden
- * keys get 0) and weights the values (register tiles of rows x the head's dims). The
- * scores ([chunk, n] floats) stay in the core's cache: nothing of size T x S is written.
- * The exponential is the Cephes single-precision polynomial of kernels.py (_exp_in_place).
+ * One task per query head, split across OpenMP threads; it transposes its keys once, then
+ * each tile of `chunk` queries is scored against the run of keys any of its queries sees
+ * (register tiles of 6 queries x 2 vectors of keys, the keys transposed so a vector holds
+ * consecutive keys; each block of keys stays in L1 while all the tile's rows use it, and
+ * a group of rows skips the keys none of them sees), softmaxes each row over its own
+ * window in place (vector max, exponential, sum over the window's vectors; hidden keys
+ * get 0) and weighs the values (register tiles of rows x the head's dims, blocks of 128
+ * values in L1, each group of rows only over its windows' keys). The scores ([chunk, n]
+ * floats) stay in the core's cache: nothing of size T x S is written. The exponential is
+ * the Cephes single-precision polynomial of kernels.py (_silu_one).
  *
  * Variants: GCC vector extensions compiled per kernel set (_attention_simd.h: 16 lanes on
  * avx512 and up, 8 on avx2/avxvnni, 4 on portable x86-64); a head size that is not a
@@ -25,6 +28,9 @@
 #include "_cpu.h"
 
 #define ATT_QR 6                        /* query rows per scoring tile */
+#ifndef ATT_KB
+#define ATT_KB 128                      /* keys per block of values weighed by every row */
+#endif
 #define ATT_PAD 32                      /* zero columns after the keys of kT (the widest tile) */
 #define ATT_AHEAD 8                     /* keys or values fetched ahead by the decoder's step (att_ring) */
 #define ATT_LOG2E 1.4426950408889634f

@@ -14,7 +14,9 @@ typedef int32_t ATT_NAME(vi) __attribute__((vector_size(ATT_W * 4), aligned(4)))
 
 static inline __attribute__((always_inline)) VF ATT_NAME(att_load)(const float *p) { return *(const VF *)p; }
 static inline __attribute__((always_inline)) void ATT_NAME(att_store)(float *p, VF v) { *(VF *)p = v; }
-static inline __attribute__((always_inline)) VF ATT_NAME(att_splat)(float s) { return (VF){0} + s; }
+/* s in every lane: s - (+0) is s exactly (-0 included), so GCC folds it to a broadcast
+ * from memory; (VF){0} + s is not s for s = -0 and cost an add before each broadcast */
+static inline __attribute__((always_inline)) VF ATT_NAME(att_splat)(float s) { return s - (VF){0}; }
 static inline __attribute__((always_inline)) VF ATT_NAME(att_select)(VI mask, VF yes, VF no)
 {
     return (VF)(((VI)yes & mask) | ((VI)no & ~mask));
@@ -36,15 +38,20 @@ static inline __attribute__((always_inline)) VF ATT_NAME(att_exp)(VF y)
     return (VF)((VI)e + (t << 23));
 }
 
-/* S [C, npad] = q [C, hd] . kT[:, lo:lo+npad] (kT [hd, ldk], zero-padded past the keys). */
+/* S [C, npad] = q [C, hd] . kT[:, lo:lo+npad] (kT [hd, ldk], zero-padded past the keys),
+ * where row i sees keys [a[i], b[i]) (both non-decreasing in i); blocks of keys no row of a
+ * group of ATT_QR sees are skipped (their scores are never read). Keys outside, rows inside:
+ * a block of 2 vectors of keys (hd x 2W floats of kT) stays in L1 while the rows use it. */
 static inline __attribute__((always_inline)) void
-ATT_NAME(att_scores)(const float *q, int64_t C, int hd, const float *kT, int64_t ldk, int64_t npad, float *S)
+ATT_NAME(att_scores)(const float *q, int64_t C, int hd, const float *kT, int64_t ldk, int64_t npad,
+                     const int64_t *a, const int64_t *b, float *S)
 {
-    for (int64_t i0 = 0; i0 < C; i0 += ATT_QR) {
-        int rows = C - i0 < ATT_QR ? (int)(C - i0) : ATT_QR;
-        const float *qr[ATT_QR];
-        for (int r = 0; r < ATT_QR; r++) qr[r] = q + (i0 + (r < rows ? r : rows - 1)) * hd;
-        for (int64_t j0 = 0; j0 < npad; j0 += 2 * ATT_W) {
+    for (int64_t j0 = 0; j0 < npad; j0 += 2 * ATT_W) {
+        for (int64_t i0 = 0; i0 < C; i0 += ATT_QR) {
+            int rows = C - i0 < ATT_QR ? (int)(C - i0) : ATT_QR;
+            if (j0 + 2 * ATT_W <= a[i0] || j0 >= b[i0 + rows - 1]) continue;
+            const float *qr[ATT_QR];
+            for (int r = 0; r < ATT_QR; r++) qr[r] = q + (i0 + (r < rows ? r : rows - 1)) * hd;
             VF acc[ATT_QR][2];
             for (int r = 0; r < ATT_QR; r++) acc[r][0] = acc[r][1] = ATT_NAME(att_splat)(0.0f);
             for (int d = 0; d < hd; d++) {
@@ -64,14 +71,17 @@ ATT_NAME(att_scores)(const float *q, int64_t C, int hd, const float *kT, int64_t
     }
 }
 
-/* Row [npad] -> softmax over [a, b), 0 elsewhere. */
+/* Row [npad] -> softmax over [a, b), 0 elsewhere (only the vectors that hold [a, b) are read). */
 static inline __attribute__((always_inline)) void
 ATT_NAME(att_softmax)(float *row, int64_t npad, int64_t a, int64_t b)
 {
     VI iota;
     for (int l = 0; l < ATT_W; l++) iota[l] = l;
-    VF neg = ATT_NAME(att_splat)(-INFINITY), best = neg;
-    for (int64_t j = 0; j < npad; j += ATT_W) {
+    int64_t first = a / ATT_W * ATT_W, end = (b + ATT_W - 1) / ATT_W * ATT_W;
+    VF neg = ATT_NAME(att_splat)(-INFINITY), best = neg, zero = ATT_NAME(att_splat)(0.0f);
+    for (int64_t j = 0; j < first; j += ATT_W) ATT_NAME(att_store)(row + j, zero);
+    for (int64_t j = end; j < npad; j += ATT_W) ATT_NAME(att_store)(row + j, zero);
+    for (int64_t j = first; j < end; j += ATT_W) {
         VI jv = iota + (int32_t)j;
         VI in = (jv >= (int32_t)a) & (jv < (int32_t)b);
         VF x = ATT_NAME(att_select)(in, ATT_NAME(att_load)(row + j), neg);
@@ -80,7 +90,7 @@ ATT_NAME(att_softmax)(float *row, int64_t npad, int64_t a, int64_t b)
     float m = -INFINITY;
     for (int l = 0; l < ATT_W; l++) m = best[l] > m ? best[l] : m;
     VF mv = ATT_NAME(att_splat)(m), total = ATT_NAME(att_splat)(0.0f);
-    for (int64_t j = 0; j < npad; j += ATT_W) {
+    for (int64_t j = first; j < end; j += ATT_W) {
         VI jv = iota + (int32_t)j;
         VI in = (jv >= (int32_t)a) & (jv < (int32_t)b);
         VF e = ATT_NAME(att_exp)(ATT_NAME(att_load)(row + j) - mv);
@@ -91,31 +101,44 @@ ATT_NAME(att_softmax)(float *row, int64_t npad, int64_t a, int64_t b)
     float sum = 0.0f;
     for (int l = 0; l < ATT_W; l++) sum += total[l];
     VF inv = ATT_NAME(att_splat)(1.0f / sum);
-    for (int64_t j = 0; j < npad; j += ATT_W) ATT_NAME(att_store)(row + j, ATT_NAME(att_load)(row + j) * inv);
+    for (int64_t j = first; j < end; j += ATT_W) ATT_NAME(att_store)(row + j, ATT_NAME(att_load)(row + j) * inv);
 }
 
-/* out rows [C] (stride ldo) = P [C, npad] . v[lo:lo+n] (v [.., hd], row stride hd); DV = hd / W. */
+/* out rows [C] (stride ldo) = P [C, npad] . v[lo:lo+n] (v [.., hd], row stride hd); DV = hd / W;
+ * a group of R rows weighs the keys any of them sees, [a[i0], b[last]) (P is 0 elsewhere).
+ * Keys in blocks of ATT_KB outside, rows inside: a block of values stays in L1 while every
+ * row of the tile weighs it; a row's sums are kept in `out` between blocks (zeros first),
+ * so each is still its keys' terms added in key order. */
 static inline __attribute__((always_inline)) void
 ATT_NAME(att_weigh)(const float *P, int64_t C, int64_t npad, int64_t n, const float *v, int hd,
-                    float *out, int64_t ldo, const int DV, const int R)
+                    const int64_t *a, const int64_t *b, float *out, int64_t ldo, const int DV, const int R)
 {
-    for (int64_t i0 = 0; i0 < C; i0 += R) {
-        int rows = C - i0 < R ? (int)(C - i0) : R;
-        const float *pr[8];
-        for (int r = 0; r < R; r++) pr[r] = P + (i0 + (r < rows ? r : rows - 1)) * npad;
-        VF acc[8][8];
-        for (int r = 0; r < 8; r++)                       /* all of it: rows <= R is not visible to GCC */
-            for (int dv = 0; dv < 8; dv++) acc[r][dv] = ATT_NAME(att_splat)(0.0f);
-        for (int64_t j = 0; j < n; j++) {
-            VF vv[8];
-            for (int dv = 0; dv < DV; dv++) vv[dv] = ATT_NAME(att_load)(v + j * hd + dv * ATT_W);
-            for (int r = 0; r < R; r++) {
-                VF p = ATT_NAME(att_splat)(pr[r][j]);
-                for (int dv = 0; dv < DV; dv++) acc[r][dv] += p * vv[dv];
+    for (int64_t i = 0; i < C; i++)
+        for (int dv = 0; dv < DV; dv++) ATT_NAME(att_store)(out + i * ldo + dv * ATT_W, ATT_NAME(att_splat)(0.0f));
+    for (int64_t k0 = 0; k0 < n; k0 += ATT_KB) {
+        for (int64_t i0 = 0; i0 < C; i0 += R) {
+            int rows = C - i0 < R ? (int)(C - i0) : R;
+            int64_t j0 = k0 > a[i0] ? k0 : a[i0];
+            int64_t j1 = k0 + ATT_KB < b[i0 + rows - 1] ? k0 + ATT_KB : b[i0 + rows - 1];
+            if (j0 >= j1) continue;
+            const float *pr[8];
+            for (int r = 0; r < R; r++) pr[r] = P + (i0 + (r < rows ? r : rows - 1)) * npad;
+            VF acc[8][8];
+            for (int r = 0; r < 8; r++)                   /* all of it: rows <= R is not visible to GCC */
+                for (int dv = 0; dv < 8; dv++) acc[r][dv] = ATT_NAME(att_splat)(0.0f);
+            for (int r = 0; r < rows; r++)
+                for (int dv = 0; dv < DV; dv++) acc[r][dv] = ATT_NAME(att_load)(out + (i0 + r) * ldo + dv * ATT_W);
+            for (int64_t j = j0; j < j1; j++) {
+                VF vv[8];
+                for (int dv = 0; dv < DV; dv++) vv[dv] = ATT_NAME(att_load)(v + j * hd + dv * ATT_W);
+                for (int r = 0; r < R; r++) {
+                    VF p = ATT_NAME(att_splat)(pr[r][j]);
+                    for (int dv = 0; dv < DV; dv++) acc[r][dv] += p * vv[dv];
+                }
             }
+            for (int r = 0; r < rows; r++)
+                for (int dv = 0; dv < DV; dv++) ATT_NAME(att_store)(out + (i0 + r) * ldo + dv * ATT_W, acc[r][dv]);
         }
-        for (int r = 0; r < rows; r++)
-            for (int dv = 0; dv < DV; dv++) ATT_NAME(att_store)(out + (i0 + r) * ldo + dv * ATT_W, acc[r][dv]);
     }
 }
 
@@ -126,13 +149,13 @@ static void ATT_NAME(att_tile)(const float *q, int64_t C, int hd, const float *k
                                float *S, float *out, int64_t ldo)
 {
     int64_t npad = (n + 2 * ATT_W - 1) / (2 * ATT_W) * (2 * ATT_W);
-    ATT_NAME(att_scores)(q, C, hd, kT, ldk, npad, S);
+    ATT_NAME(att_scores)(q, C, hd, kT, ldk, npad, a, b, S);
     for (int64_t i = 0; i < C; i++) ATT_NAME(att_softmax)(S + i * npad, npad, a[i], b[i]);
     switch (hd / ATT_W) {
-    case 1: ATT_NAME(att_weigh)(S, C, npad, n, v, hd, out, ldo, 1, 8); break;
-    case 2: ATT_NAME(att_weigh)(S, C, npad, n, v, hd, out, ldo, 2, ATT_W == 16 ? 8 : 4); break;
-    case 4: ATT_NAME(att_weigh)(S, C, npad, n, v, hd, out, ldo, 4, ATT_W == 16 ? 6 : 2); break;
-    case 8: ATT_NAME(att_weigh)(S, C, npad, n, v, hd, out, ldo, 8, ATT_W == 16 ? 3 : 1); break;
+    case 1: ATT_NAME(att_weigh)(S, C, npad, n, v, hd, a, b, out, ldo, 1, 8); break;
+    case 2: ATT_NAME(att_weigh)(S, C, npad, n, v, hd, a, b, out, ldo, 2, ATT_W == 16 ? 8 : 4); break;
+    case 4: ATT_NAME(att_weigh)(S, C, npad, n, v, hd, a, b, out, ldo, 4, ATT_W == 16 ? 6 : 2); break;
+    case 8: ATT_NAME(att_weigh)(S, C, npad, n, v, hd, a, b, out, ldo, 8, ATT_W == 16 ? 3 : 1); break;
     default:                                              /* 3, 5, 6, 7 vectors: one row at a time */
         for (int64_t i = 0; i < C; i++)
             for (int dv = 0; dv < hd / ATT_W; dv++) {

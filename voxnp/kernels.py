@@ -207,23 +207,41 @@ EXP_POLY = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.333
                                          4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
 
 
+@njit(inline="always", fastmath=False)
+def _silu_one(x):
+    """x / (1 + e^-x) for one float32 x; e^y by the polynomial above (y clamped to [-87, 88])."""
+    c0, c1, c2, c3, c4, c5 = EXP_POLY
+    y = min(max(-x, np.float32(-87.0)), np.float32(88.0))
+    k = np.floor(y * LOG2E + np.float32(0.5))
+    f = y - k * LN2_HI - k * LN2_LO
+    p = ((((c0 * f + c1) * f + c2) * f + c3) * f + c4) * f + c5
+    e = p * f * f + f + np.float32(1.0)                           # e^f
+    bits = np.int32(np.float32(e).view(np.int32)) + (np.int32(k) << 23)
+    return x / (np.float32(1.0) + np.int32(bits).view(np.float32))
+
+
+# Both loops are scalar code the compiler vectorises, without fast-math: every element is
+# rounded the same way whether the compiler puts it in a vector lane or not (rows stay
+# independent of their batch).
+STEP = 16384                       # elements per parallel task
+
+
 @njit(parallel=True, fastmath=False, cache=True, nogil=True)
 def _silu(x, out):
-    """out = x / (1 + e^-x) elementwise, x and out flat; e^y by the polynomial above (y
-    clamped to [-87, 88]: scalar code the compiler vectorises). No fast-math: every element is rounded the same way whether
-    the compiler puts it in a vector lane or not (rows stay independent of their batch)."""
+    """out = silu(x) elementwise, x and out flat."""
     n = x.shape[0]
-    c0, c1, c2, c3, c4, c5 = EXP_POLY
-    step = 16384
-    for start in prange((n + step - 1) // step):
-        for j in range(start * step, min(n, (start + 1) * step)):
-            y = min(max(-x[j], np.float32(-87.0)), np.float32(88.0))
-            k = np.floor(y * LOG2E + np.float32(0.5))
-            f = y - k * LN2_HI - k * LN2_LO
-            p = ((((c0 * f + c1) * f + c2) * f + c3) * f + c4) * f + c5
-            e = p * f * f + f + np.float32(1.0)                       # e^f
-            bits = np.int32(np.float32(e).view(np.int32)) + (np.int32(k) << 23)
-            out[j] = x[j] / (np.float32(1.0) + np.int32(bits).view(np.float32))
+    for start in prange((n + STEP - 1) // STEP):
+        for j in range(start * STEP, min(n, (start + 1) * STEP)):
+            out[j] = _silu_one(x[j])
+
+
+@njit(parallel=True, fastmath=False, cache=True, nogil=True)
+def _swiglu(gate, up, out):
+    """out = silu(gate) * up elementwise, all flat: one pass instead of two."""
+    n = gate.shape[0]
+    for start in prange((n + STEP - 1) // STEP):
+        for j in range(start * STEP, min(n, (start + 1) * STEP)):
+            out[j] = _silu_one(gate[j]) * up[j]
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -235,8 +253,12 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 
 def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """silu(gate) * up (same contract as ops.swiglu), with the parallel SiLU above."""
-    return silu(gate) * up
+    """silu(gate) * up (same contract as ops.swiglu), in one parallel pass."""
+    g = np.ascontiguousarray(gate, dtype=np.float32).reshape(-1)
+    u = np.ascontiguousarray(np.broadcast_to(up, gate.shape), dtype=np.float32).reshape(-1)
+    out = np.empty_like(g)
+    _swiglu(g, u, out)
+    return out.reshape(gate.shape)
 
 
 # Ops with no faster version than the plain one.
