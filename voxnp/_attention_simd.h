@@ -71,6 +71,27 @@ ATT_NAME(att_scores)(const float *q, int64_t C, int hd, const float *kT, int64_t
     }
 }
 
+/* row[j] = e^(row[j] - m) for a <= j < b, 0 for the other j of [j0, j1) (whole vectors);
+ * returns the sum of the row's terms, lane by lane in key order, then over the lanes. */
+static inline __attribute__((always_inline)) float
+ATT_NAME(att_exp_row)(float *row, int64_t j0, int64_t j1, float m, int64_t a, int64_t b)
+{
+    VI iota;
+    for (int l = 0; l < ATT_W; l++) iota[l] = l;
+    VF mv = ATT_NAME(att_splat)(m), total = ATT_NAME(att_splat)(0.0f);
+    for (int64_t j = j0; j < j1; j += ATT_W) {
+        VI jv = iota + (int32_t)j;
+        VI in = (jv >= (int32_t)a) & (jv < (int32_t)b);
+        VF e = ATT_NAME(att_exp)(ATT_NAME(att_load)(row + j) - mv);
+        e = (VF)((VI)e & in);
+        total += e;
+        ATT_NAME(att_store)(row + j, e);
+    }
+    float sum = 0.0f;
+    for (int l = 0; l < ATT_W; l++) sum += total[l];
+    return sum;
+}
+
 /* Row [npad] -> softmax over [a, b), 0 elsewhere (only the vectors that hold [a, b) are read). */
 static inline __attribute__((always_inline)) void
 ATT_NAME(att_softmax)(float *row, int64_t npad, int64_t a, int64_t b)
@@ -89,18 +110,7 @@ ATT_NAME(att_softmax)(float *row, int64_t npad, int64_t a, int64_t b)
     }
     float m = -INFINITY;
     for (int l = 0; l < ATT_W; l++) m = best[l] > m ? best[l] : m;
-    VF mv = ATT_NAME(att_splat)(m), total = ATT_NAME(att_splat)(0.0f);
-    for (int64_t j = first; j < end; j += ATT_W) {
-        VI jv = iota + (int32_t)j;
-        VI in = (jv >= (int32_t)a) & (jv < (int32_t)b);
-        VF e = ATT_NAME(att_exp)(ATT_NAME(att_load)(row + j) - mv);
-        e = (VF)((VI)e & in);
-        total += e;
-        ATT_NAME(att_store)(row + j, e);
-    }
-    float sum = 0.0f;
-    for (int l = 0; l < ATT_W; l++) sum += total[l];
-    VF inv = ATT_NAME(att_splat)(1.0f / sum);
+    VF inv = ATT_NAME(att_splat)(1.0f / ATT_NAME(att_exp_row)(row, first, end, m, a, b));
     for (int64_t j = first; j < end; j += ATT_W) ATT_NAME(att_store)(row + j, ATT_NAME(att_load)(row + j) * inv);
 }
 
@@ -240,24 +250,13 @@ static void ATT_NAME(att_ring_head)(const float *q, int64_t T, int64_t group, in
             }
         }
     }
-    VI iota;
-    for (int l = 0; l < ATT_W; l++) iota[l] = l;
     for (int64_t t = 0; t < T; t++) {
         int64_t p = length - T + t, first = p - window + 1 > 0 ? p - window + 1 : 0, n = p + 1 - first;
         for (int64_t h = 0; h < group; h++) {
             float *row = S + (t * group + h) * ld, best = -INFINITY;
             for (int64_t j = 0; j < n; j++) best = row[j] > best ? row[j] : best;
-            VF mv = ATT_NAME(att_splat)(best), total = ATT_NAME(att_splat)(0.0f);
-            for (int64_t j = 0; j < n; j += ATT_W) {          /* lanes past n: 0 (S has room) */
-                VI in = (iota + (int32_t)j) < (int32_t)n;
-                VF e = ATT_NAME(att_exp)(ATT_NAME(att_load)(row + j) - mv);
-                e = (VF)((VI)e & in);
-                total += e;
-                ATT_NAME(att_store)(row + j, e);
-            }
-            float sum = 0.0f;
-            for (int l = 0; l < ATT_W; l++) sum += total[l];
-            float inv = 1.0f / sum;
+            int64_t end = (n + ATT_W - 1) / ATT_W * ATT_W;     /* lanes past n: 0 (S has room) */
+            float inv = 1.0f / ATT_NAME(att_exp_row)(row, 0, end, best, 0, n);
             for (int64_t j = 0; j < n; j++) row[j] *= inv;
         }
     }
