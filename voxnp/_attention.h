@@ -12,7 +12,7 @@
  * get 0) and weighs the values (register tiles of rows x the head's dims, blocks of 128
  * values in L1, each group of rows only over its windows' keys). The scores ([chunk, n]
  * floats) stay in the core's cache: nothing of size T x S is written. The exponential is
- * the Cephes single-precision polynomial of kernels.py (_silu_one).
+ * the Cephes single-precision polynomial of kernels.py (EXP_POLY).
  *
  * Variants: GCC vector extensions compiled per kernel set (_attention_simd.h: 16 lanes on
  * avx512 and up, 8 on avx2/avxvnni, 4 on portable x86-64); a head size that is not a

@@ -181,11 +181,10 @@ VOXNP_TARGET_END
 #define Q_W16 16
 #define Q_ROWS 4
 #define Q_ZERO _mm256_setzero_si256
-#define Q_LOAD16(p) _mm256_loadu_si256((const __m256i *)(p))
+#define Q_LOAD(p) _mm256_loadu_si256((const __m256i *)(p))
 #define Q_S8(p) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p)))
 #define Q_ADD32 _mm256_add_epi32
 #define Q4_CHUNKS 1
-#define Q_LOAD8(p) _mm256_loadu_si256((const __m256i *)(p))
 #define Q4_NIBBLES(p, lo, hi) do {                                                       \
         __m256i v_ = _mm256_loadu_si256((const __m256i *)(p));                            \
         (lo) = _mm256_and_si256(v_, _mm256_set1_epi8(0x0F));                              \
@@ -218,11 +217,10 @@ VOXNP_TARGET_END
 #undef Q_W16
 #undef Q_ROWS
 #undef Q_ZERO
-#undef Q_LOAD16
+#undef Q_LOAD
 #undef Q_S8
 #undef Q_ADD32
 #undef Q4_CHUNKS
-#undef Q_LOAD8
 #undef Q4_NIBBLES
 #undef Q4_SCALES
 #undef Q4_MADDUBS
@@ -235,11 +233,10 @@ VOXNP_TARGET_END
 #define Q_W16 32
 #define Q_ROWS 8
 #define Q_ZERO _mm512_setzero_si512
-#define Q_LOAD16(p) _mm512_loadu_si512((const void *)(p))
+#define Q_LOAD(p) _mm512_loadu_si512((const void *)(p))
 #define Q_S8(p) _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(p)))
 #define Q_ADD32 _mm512_add_epi32
 #define Q4_CHUNKS 2                 /* a 64-byte load: 32-byte chunks p, p+1 (p even) */
-#define Q_LOAD8(p) _mm512_loadu_si512((const void *)(p))
 #define Q4_NIBBLES(p, lo, hi) do {                                                       \
         __m512i v_ = _mm512_loadu_si512((const void *)(p));                               \
         (lo) = _mm512_and_si512(v_, _mm512_set1_epi8(0x0F));                              \
@@ -276,11 +273,10 @@ VOXNP_TARGET_END
 #undef Q_W16
 #undef Q_ROWS
 #undef Q_ZERO
-#undef Q_LOAD16
+#undef Q_LOAD
 #undef Q_S8
 #undef Q_ADD32
 #undef Q4_CHUNKS
-#undef Q_LOAD8
 #undef Q4_NIBBLES
 #undef Q4_SCALES
 #undef Q4_MADDUBS

@@ -3,10 +3,11 @@
  *   QV            the variant's name suffix (avx2, avxvnni, avx512, avx512vnni)
  *   QI            the integer vector type; Q_W16 its int16 lanes (16 or 32)
  *   Q_ROWS        activation rows whose accumulators share the registers (<= 8)
- *   Q_ZERO(), Q_LOAD16(p) (Q_W16 int16), Q_S8(p) (Q_W16 int8 -> int16),
+ *   Q_ZERO(), Q_LOAD(p) (a whole vector: Q_W16 int16 or 2 Q_W16 int8),
+ *   Q_S8(p) (Q_W16 int8 -> int16),
  *   Q_DOT(acc, a, b) (acc + pairs of int16 products, int32), Q_ADD32(a, b) (int32 lanes),
- *   q4k: Q4_CHUNKS (32-byte chunks of packed nibbles per vector: 1 or 2), Q_LOAD8(p) (that
- *        many bytes), Q4_NIBBLES(p, lo, hi) (the chunks' low and high nibbles as bytes),
+ *   q4k: Q4_CHUNKS (32-byte chunks of packed nibbles per vector: 1 or 2),
+ *        Q4_NIBBLES(p, lo, hi) (the chunks' low and high nibbles as bytes),
  *        Q4_SCALES(sc, p, lo, hi) (their sub-blocks' scales in the int16 lanes madd pairs
  *        them with), Q4_MADDUBS(w, x) (u8 x s8 -> pairs summed in int16),
  *   Q_TO8(v) (the int32 lanes folded to 8: lane l + lane l+8 + ...; exact)
@@ -36,8 +37,8 @@ Q_NAME(q8_rows)(const int8_t *w, const float *ws, int64_t ng, const int16_t *xq,
         for (int c = 0; c < Q8_BLOCK; c += 2 * Q_W16) {
             QI w16 = Q_S8(w + g * Q8_BLOCK + c), v16 = Q_S8(w + g * Q8_BLOCK + c + Q_W16);
             for (int t = 0; t < nr; t++) {
-                isum[t] = Q_DOT(isum[t], w16, Q_LOAD16(xq + t * kp + g * Q8_BLOCK + c));
-                odd[t] = Q_DOT(odd[t], v16, Q_LOAD16(xq + t * kp + g * Q8_BLOCK + c + Q_W16));
+                isum[t] = Q_DOT(isum[t], w16, Q_LOAD(xq + t * kp + g * Q8_BLOCK + c));
+                odd[t] = Q_DOT(odd[t], v16, Q_LOAD(xq + t * kp + g * Q8_BLOCK + c + Q_W16));
             }
         }
         if (Q_TWO_CHAINS(nr))
@@ -67,11 +68,11 @@ Q_NAME(q4k_rows)(const uint8_t *qs, const q4k_meta *meta, int64_t nsb, const int
             QI lo, hi, slo, shi;
             Q4_NIBBLES(qs + s * (Q4K_BLOCK / 2) + p * 32, lo, hi);
             Q4_SCALES(m->sc, p, slo, shi);
-            int64_t at = s * Q4K_BLOCK + (p / 2) * 128 + (p % 2) * 32;   /* slot of sub-block 2p */
+            int64_t at_lo = s * Q4K_BLOCK + q4k_slot[2 * p] * Q4K_SUB;     /* sub-block 2p (and 2p+2) */
+            int64_t at_hi = s * Q4K_BLOCK + q4k_slot[2 * p + 1] * Q4K_SUB; /* 2p+1 (and 2p+3) */
             for (int t = 0; t < nr; t++) {
-                const int8_t *xt = xq + t * kp + at;
-                qsum[t] = Q_DOT(qsum[t], Q4_MADDUBS(lo, Q_LOAD8(xt)), slo);
-                high[t] = Q_DOT(high[t], Q4_MADDUBS(hi, Q_LOAD8(xt + 64)), shi);   /* 2p+1: 2 slots on */
+                qsum[t] = Q_DOT(qsum[t], Q4_MADDUBS(lo, Q_LOAD(xq + t * kp + at_lo)), slo);
+                high[t] = Q_DOT(high[t], Q4_MADDUBS(hi, Q_LOAD(xq + t * kp + at_hi)), shi);
             }
         }
         if (Q_TWO_CHAINS(nr))

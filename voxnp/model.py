@@ -108,7 +108,9 @@ def load(model_dir: str | Path | None = None, backend: str = "auto", threads: in
         file = quant_file.open_quantized(path, st, bf16, weights,
                                          progress=sys.stderr.isatty() if progress is None else progress)
         model_weights = quant_file.quantized_weights(bf16, file)
-    if resident if resident is not None else resident_mod.wanted(weights, backend):
+    if resident is None:
+        resident = resident_mod.wanted(weights, backend)
+    if resident:
         model_weights = resident_mod.decoder_in_memory(model_weights)
     tokenizer = Tokenizer(tekken, config.decoder.vocab_size, path / "tekken.json")
     ops = get_backend(backend, threads=threads)

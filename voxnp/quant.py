@@ -304,15 +304,11 @@ class Int8Rows:
         return (self.unpack(m.arrays["q"]).astype(np.float32) * m.arrays["scale"][:, None])[:n, :k]
 
     def quantize_activations(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """x [M, k] float32 -> xq int8 [M, k], xs float32 [M]: x ~ xs * xq. A row with a NaN
-        or an infinity gets xs = NaN, an all-zero row xs = 0."""
-        finite = np.isfinite(x).all(axis=1)
-        amax = np.where(finite, np.abs(np.where(np.isfinite(x), x, 0)).max(axis=1, initial=0), 0).astype(np.float32)
-        live = finite & (amax >= ACT_FLOOR)
-        inv = np.float32(self.levels) / np.where(live, amax, 1).astype(np.float32)        # float32
-        xq = np.where(live[:, None], np.rint(np.where(np.isfinite(x), x, 0) * inv[:, None]), 0)
-        xs = np.where(live, amax / np.float32(self.levels), np.where(finite, 0, np.nan)).astype(np.float32)
-        return xq.astype(np.int8), xs
+        """x [M, k] float32 -> xq int8 [M, k], xs float32 [M]: x ~ xs * xq, each row one
+        block of the module's quantize_activations (a row with a NaN or an infinity gets
+        xs = NaN, an all-zero row xs = 0)."""
+        xq, xs = quantize_activations(x, x.shape[1], self.levels)
+        return xq, xs[:, 0]
 
     def product(self, x: np.ndarray, m: "QuantizedMatrix") -> np.ndarray:
         """x [M, k] float32 -> [M, n]: float32(exact integer dot) * (xs * ws)."""
@@ -387,6 +383,12 @@ def _finish(y: np.ndarray, x: np.ndarray, n_out: int, bias) -> np.ndarray:
     return np.ascontiguousarray(y, dtype=np.float32).reshape(*x.shape[:-1], n_out)
 
 
+def _in_float(rows: np.ndarray, fmt) -> bool:
+    """Whether a product of `rows` multiplies float activations by dequantized weights: more
+    than FEW_ROWS rows (a prompt) in the decoder's formats; i8rows always quantizes them."""
+    return rows.shape[0] > FEW_ROWS and fmt is not INT8_ROWS
+
+
 def reference_linear(x: np.ndarray, w: QuantizedMatrix, bias=None, rows_per_pass: int = 4096) -> np.ndarray:
     """y = x @ W.T (+ b) by the format's NumPy definition: x [..., in] -> [..., out].
 
@@ -396,7 +398,7 @@ def reference_linear(x: np.ndarray, w: QuantizedMatrix, bias=None, rows_per_pass
     n, k = w.shape
     rows = x.reshape(-1, k).astype(np.float32, copy=False)
     y = np.empty((rows.shape[0], n), np.float32)
-    in_float = rows.shape[0] > FEW_ROWS and w.format is not INT8_ROWS
+    in_float = _in_float(rows, w.format)
     for r0 in range(0, n, rows_per_pass):          # bounded memory for the 131072-row head
         part = QuantizedMatrix(w.format, (min(n, r0 + rows_per_pass) - r0, k),
                                {a: v[r0:r0 + rows_per_pass] for a, v in w.arrays.items()})
@@ -415,7 +417,7 @@ def fast_linear(x: np.ndarray, w: QuantizedMatrix, bias=None, threads: int = 1) 
     """
     n, k = w.shape
     rows = np.ascontiguousarray(x.reshape(-1, k), dtype=np.float32)
-    if rows.shape[0] <= FEW_ROWS or w.format is INT8_ROWS:
+    if not _in_float(rows, w.format):
         y = np.empty((rows.shape[0], n), np.float32)
         w.format.kernel(w, rows, y, threads)
         return _finish(y, x, n, bias)
