@@ -102,20 +102,29 @@ def encoder_flops_per_position(cfg) -> float:
     return 2 * linear + attention + 2 * adapter
 
 
+def filled_state(m, context: int):
+    """A decoder state that has `context` positions cached (random keys and values, stored
+    as the model's rings store them)."""
+    from voxnp.decoder import new_decoder_state
+
+    state = new_decoder_state(m.config, m.weights.decoder, 6, m.ops)
+    rng = np.random.default_rng(0)
+    for cache in state.caches:
+        n = min(context, cache.capacity)
+        cache.k[:, :n] = cache.stored(rng.standard_normal(cache.k[:, :n].shape, dtype=np.float32))
+        cache.v[:, :n] = cache.stored(rng.standard_normal(cache.v[:, :n].shape, dtype=np.float32))
+        cache.length = cache.appended = context
+    state.n_positions = context
+    return state
+
+
 def time_decoder(m, context: int, steps: int = 5) -> float:
     """Mean seconds per decoder step with `context` positions already cached."""
-    from voxnp.decoder import decode, new_decoder_state
+    from voxnp.decoder import decode
 
     cfg = m.config
-    state = new_decoder_state(cfg, m.weights.decoder, 6, m.ops)
-    rng = np.random.default_rng(0)
-    for cache in state.caches:                       # pretend `context` positions were decoded
-        n = min(context, cache.capacity)
-        cache.k[:, :n] = rng.standard_normal(cache.k[:, :n].shape, dtype=np.float32)
-        cache.v[:, :n] = rng.standard_normal(cache.v[:, :n].shape, dtype=np.float32)
-        cache.length = context
-    state.n_positions = context
-    x = rng.standard_normal((1, cfg.decoder.dim), dtype=np.float32)
+    state = filled_state(m, context)
+    x = np.random.default_rng(0).standard_normal((1, cfg.decoder.dim), dtype=np.float32)
     decode(x, state, m.weights.decoder, cfg, m.ops, m.decoder_inv_freq)   # warm
     t = time.perf_counter()
     for _ in range(steps):

@@ -25,7 +25,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench import full_checkpoint, read_bandwidth_gbs  # noqa: E402
+from bench import filled_state, full_checkpoint, read_bandwidth_gbs  # noqa: E402
 from common import print_table, row_recorder, write_json  # noqa: E402
 
 FORMATS = ("bf16", "int8", "q4")
@@ -39,23 +39,9 @@ def step_bytes(m, context: int) -> int:
     names = ("wq", "wk", "wv", "wo", "w1", "w3", "w2")
     matrices = sum(getattr(layer, n).nbytes for layer in w.layers for n in names)
     head = w.lm_head.nbytes                 # the tied head (a quantized copy for int8/q4)
-    kv = d.n_layers * 2 * min(context, d.sliding_window) * d.n_kv_heads * d.head_dim * 4
+    kv_item = 2 if w.kv_bf16 else 4         # int8/q4 rings store BF16 (kv_cache.py)
+    kv = d.n_layers * 2 * min(context, d.sliding_window) * d.n_kv_heads * d.head_dim * kv_item
     return matrices + head + kv
-
-
-def filled_state(m, context: int):
-    """A decoder state that has `context` positions cached (random keys and values)."""
-    from voxnp.decoder import new_decoder_state
-
-    state = new_decoder_state(m.config, m.weights.decoder, 6, m.ops)
-    rng = np.random.default_rng(0)
-    for cache in state.caches:
-        n = min(context, cache.capacity)
-        cache.k[:, :n] = rng.standard_normal(cache.k[:, :n].shape, dtype=np.float32)
-        cache.v[:, :n] = rng.standard_normal(cache.v[:, :n].shape, dtype=np.float32)
-        cache.length = cache.appended = context
-    state.n_positions = context
-    return state
 
 
 def time_pass(m, state, rows: int, repeats: int) -> float:

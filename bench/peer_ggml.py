@@ -1,19 +1,26 @@
 """voxnp against the ggml port (CKwasd/voxtral.cpp) on the same clip and thread count.
 
     python bench/peer_ggml.py --peer PATH/TO/voxtral --gguf q4=PATH/Q4_K_M.gguf \\
-        --gguf int8=PATH/Q8_0.gguf [--model DIR] [--clip WAV] [--threads 2] [--out JSON]
+        --gguf int8=PATH/Q8_0.gguf [--model DIR] [--clip WAV] [--seconds S] [--threads 2] [--out JSON]
 
 The peer is built outside this project (cmake, see its README) and its GGUF files are
 given by path: each `--gguf FORMAT=PATH` is run against `voxnp CLIP --weights FORMAT`
 (q4 against Q4_K_M, int8 against Q8_0; bf16 against F16/BF16 if given). Each side runs
 in a fresh process, one after the other, the same number of threads; the table shows
 wall time (model load included for both), the audio duration ratio and the text each
-produced. Without --peer it runs voxnp alone, so the voxnp half stays checked.
+produced, and whether the two texts are the same (both decode greedily: on the same
+weights they should agree, which checks each against the other). Without --peer it runs
+voxnp alone, so the voxnp half stays checked.
+
+The peer encodes a file in one piece and holds at most 4000 mel frames (40 s with its
+padding: longer files abort in its encoder), so the default clip is the 15 s sample;
+`--seconds S` takes the first S seconds of --clip instead (both sides read that cut).
 """
 from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,8 +29,8 @@ sys.path.insert(0, str(HERE))
 from bench import SHARED_AUDIO, full_checkpoint  # noqa: E402
 from common import print_table, row_recorder, write_json  # noqa: E402
 
-SAMPLE_60S = SHARED_AUDIO / "60s_i_dont_want_anyones_life_on_my_hands.wav"
-MAX_TOKENS = 100000     # the peer stops at 256 tokens by default: ~20 s of audio
+SAMPLE_15S = SHARED_AUDIO / "15s_there_are_two_of_them_out_there.wav"
+MAX_TOKENS = 1000       # the peer stops at 256 tokens by default (~20 s); 40 s is 500 tokens
 
 
 def timed(cmd: list[str]) -> tuple[float, str]:
@@ -54,13 +61,18 @@ def main(argv: list[str]) -> None:
             if fmt not in ("bf16", "int8", "q4") or not path:
                 raise SystemExit(f"--gguf takes FORMAT=PATH with FORMAT bf16, int8 or q4, got {value!r}")
             ggufs[fmt] = path
-        elif flag in ("--peer", "--model", "--clip", "--threads", "--out"):
+        elif flag in ("--peer", "--model", "--clip", "--seconds", "--threads", "--out"):
             opts[flag[2:]] = value
         else:
             raise SystemExit(f"unknown option {flag} (see --help)")
     model = Path(opts["model"]) if "model" in opts else full_checkpoint()
-    clip = Path(opts.get("clip", SAMPLE_60S))
+    clip = Path(opts.get("clip", SAMPLE_15S))
     threads = opts.get("threads", "2")
+    if "seconds" in opts:                          # the first S seconds, as a 16-bit WAV both read
+        audio, rate = soundfile.read(str(clip), dtype="int16")
+        cut = Path(tempfile.mkdtemp()) / f"{clip.stem}_{opts['seconds']}s.wav"
+        soundfile.write(str(cut), audio[:int(float(opts["seconds"]) * rate)], rate, subtype="PCM_16")
+        clip = cut
     audio_s = soundfile.info(str(clip)).duration
     formats = list(ggufs) or ["q4", "int8"]
     results = {"model": str(model), "clip": clip.name, "audio_s": audio_s, "threads": int(threads),
@@ -78,6 +90,9 @@ def main(argv: list[str]) -> None:
             row(f"peer_{fmt}", wall_p, "s", f"{wall_p / audio_s:.2f}x audio; {Path(ggufs[fmt]).name}; "
                 f"{first[:60]!r}")
             row(f"voxnp_vs_peer_{fmt}", wall / wall_p, "x", "below 1: voxnp faster")
+            same = " ".join(text.split()) == " ".join(text_p.split())
+            row(f"same_text_{fmt}", int(same), "", f"{len(text.split())} vs {len(text_p.split())} words "
+                "(whitespace normalised)")
     print_table(rows)
     write_json(opts.get("out", HERE / "results" / "peer_ggml.json"), results)
 

@@ -22,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench import full_checkpoint  # noqa: E402
 from common import print_table, row_recorder, write_json  # noqa: E402
-from decoder_speed import CONTEXT, filled_state, time_pass  # noqa: E402
+from bench import filled_state  # noqa: E402
+from decoder_speed import CONTEXT, time_pass  # noqa: E402
 
 FORMATS = ("int8", "q4")
 MODES = {"mapped": False, "resident": True}

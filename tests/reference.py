@@ -47,6 +47,13 @@ def bf16_bits_to_f32(u16: np.ndarray) -> np.ndarray:
     return (np.asarray(u16, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
+def round_to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 rounded to the nearest BF16 (ties to even), as float32 (finite inputs)."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16
+    return bits.astype(np.uint32).view(np.float32).reshape(np.shape(x))
+
+
 def read_safetensors(path) -> dict:
     """name -> (dtype string, zero-copy numpy view of the raw data with the tensor's shape)."""
     path = Path(path)
@@ -463,6 +470,8 @@ def decoder_forward(model: dict, x: np.ndarray, start_pos: int, cache: list, sca
         v = linear(xn, w("attention.wv.weight")).reshape(n_pos, cfg["n_kv_heads"], cfg["head_dim"])
         q = apply_rope_interleaved(q, cos, sin)
         k = apply_rope_interleaved(k, cos, sin)
+        if model.get("kv_bf16"):          # the int8/q4 engines keep keys and values in BF16
+            k, v = round_to_bf16(k), round_to_bf16(v)
         cache[i]["k"] = np.concatenate([cache[i]["k"], k], axis=0)
         cache[i]["v"] = np.concatenate([cache[i]["v"], v], axis=0)
         a = attention(q, cache[i]["k"], cache[i]["v"], q_pos, k_pos, cfg["sliding_window"])

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from voxnp import cpu, kernels, ops
+from voxnp.bf16 import bf16_bits_to_float32, float32_to_bf16_bits
 from voxnp._kernels import attention_window
 from voxnp.kv_cache import KVCache
 
@@ -65,14 +66,16 @@ def test_silu_kernel_matches_the_definition_and_is_the_same_per_row():
 
 
 @pytest.mark.parametrize("kernel_set", cpu.available())
+@pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("n_old,T,window,spare,hd", [(0, 1, 16, 8, 128), (5, 3, 16, 8, 128), (70, 5, 16, 8, 64),
                                                       (200, 8, 50, 8, 128), (33, 8, 8192, 8, 128), (90, 4, 20, 8, 12)])
-def test_few_rows_over_the_ring_equal_one_row_calls(kernel_set, n_old, T, window, spare, hd):
+def test_few_rows_over_the_ring_equal_one_row_calls(kernel_set, bf16, n_old, T, window, spare, hd):
     """The decoder's steps (T <= 8: speculative drafts, batched rows; _attention.h att_ring)
     read each key once for all rows; every row must still be bit for bit a one-row call,
-    over a wrapped ring, on every kernel set (hd 12: the plain C twin)."""
+    over a wrapped ring (float32, or BF16 as for int8/q4), on every kernel set (hd 12: the
+    plain C twin)."""
     H, Hkv = 8, 2
-    cache = KVCache(window, Hkv, hd, spare=spare)
+    cache = KVCache(window, Hkv, hd, spare=spare, bf16=bf16)
     q = rng.standard_normal((T, H, hd), dtype=np.float32) * 2
     for start in range(0, n_old + T, 37):                   # wraps when n_old + T > window + spare
         n = min(37, n_old + T - start)
@@ -86,6 +89,34 @@ def test_few_rows_over_the_ring_equal_one_row_calls(kernel_set, n_old, T, window
             cache.truncate(n_old + t + 1)
             alone = kernels.attention_in_cache(q[t:t + 1], cache, window)
             assert np.array_equal(alone[0], together[t]), f"row {t} of {T}"
+
+
+@pytest.mark.parametrize("kernel_set", cpu.available())
+@pytest.mark.parametrize("T", [1, 4, 8, 20])
+def test_bf16_ring_is_a_float32_ring_of_the_rounded_values(kernel_set, T):
+    """The int8/q4 decoders keep keys and values as BF16 (half the bytes a step reads):
+    appends round them, and attention computes bit for bit as over a float32 ring holding
+    the rounded values (the step's kernel, and more rows than it takes: the prompt's path)."""
+    H, Hkv, hd, window = 8, 2, 128, 50
+    half = KVCache(window, Hkv, hd, spare=24, bf16=True)
+    full = KVCache(window, Hkv, hd, spare=24)
+    for start in range(0, 130, 37):                          # wraps: capacity 74
+        n = min(37, 130 - start)
+        k = rng.standard_normal((n, Hkv, hd), dtype=np.float32)
+        v = rng.standard_normal((n, Hkv, hd), dtype=np.float32)
+        half.append(k, v)
+        full.append(bf16_bits_to_float32(float32_to_bf16_bits(k)), bf16_bits_to_float32(float32_to_bf16_bits(v)))
+    assert half.k.dtype == np.uint16 and 2 * half.k.nbytes == full.k.nbytes
+    got_k, got_v, _ = half.ordered()
+    want_k, want_v, _ = full.ordered()
+    assert np.array_equal(got_k, want_k) and np.array_equal(got_v, want_v)
+    q = rng.standard_normal((T, H, hd), dtype=np.float32) * 2
+    with cpu.using(kernel_set):
+        assert np.array_equal(kernels.attention_in_cache(q, half, window), kernels.attention_in_cache(q, full, window))
+    snap = half.snapshot()                                   # a restart's snapshot: float32, exact
+    restored = KVCache(window, Hkv, hd, spare=24, bf16=True)
+    restored.restore(snap)
+    assert np.array_equal(restored.ordered()[0], want_k) and np.array_equal(restored.ordered()[1], want_v)
 
 
 def test_ring_attention_refuses_keys_the_ring_no_longer_holds():

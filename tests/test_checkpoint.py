@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from voxnp import bf16
 from voxnp import checkpoint as ck
 
 ENC = "mm_streams_embeddings.embedding_module.whisper_encoder."
@@ -154,18 +155,18 @@ def test_tensor_specs_accepts_params_dict(tiny_dir):
     (np.finfo(np.float32).max, 0x7F80),  # overflows to inf
 ])
 def test_bf16_rounding(value, bits):
-    out = ck.float32_to_bf16_bits(np.array([value], dtype=np.float32))
+    out = bf16.float32_to_bf16_bits(np.array([value], dtype=np.float32))
     assert out.dtype == np.uint16 and int(out[0]) == bits
 
 
 def test_bf16_nan_and_roundtrip():
-    out = ck.float32_to_bf16_bits(np.array([np.nan, -np.nan], dtype=np.float32))
-    assert np.isnan(ck.bf16_bits_to_float32(out)).all()
+    out = bf16.float32_to_bf16_bits(np.array([np.nan, -np.nan], dtype=np.float32))
+    assert np.isnan(bf16.bf16_bits_to_float32(out)).all()
     x = np.random.default_rng(0).standard_normal(10_000, dtype=np.float32)
-    back = ck.bf16_bits_to_float32(ck.float32_to_bf16_bits(x))
+    back = bf16.bf16_bits_to_float32(bf16.float32_to_bf16_bits(x))
     assert np.all(np.abs(back - x) <= np.abs(x) * 2**-8)  # half a bf16 ulp
     exact = back.copy()
-    assert np.array_equal(ck.bf16_bits_to_float32(ck.float32_to_bf16_bits(exact)), exact)
+    assert np.array_equal(bf16.bf16_bits_to_float32(bf16.float32_to_bf16_bits(exact)), exact)
 
 
 # ---------------------------------------------------------------------------

@@ -248,8 +248,10 @@ def fake_quantized_reference(model_dir, fmt, monkeypatch):
     and the activations rounded where the kernels round them (x -> xs * xq): in the
     encoder layers (int8 dot products) each row to int8 with its own scale; before a q4k
     matrix, up to FEW_ROWS rows to int8 per block of 256 (int8 matrices take int16
-    activations, whose rounding is below the test's tolerance)."""
+    activations, whose rounding is below the test's tolerance); the decoder's keys and
+    values stored in BF16."""
     ref = reference.load_model_dir(model_dir)
+    ref["kv_bf16"] = True
     params = ref["params"]
     cfg = voxnp.load(model_dir).config
     plan = quant.PLANS[fmt]
@@ -319,6 +321,23 @@ def test_quantized_model_replaces_only_the_planned_matrices(tiny_dir):
     np.testing.assert_array_equal(layer.ada_down, ref_layer.ada_down)
     assert m.weights.encoder.layers[0].wq.format is quant.INT8_ROWS      # the encoder: tests/test_encoder_int8.py
     assert m.weights.encoder.conv2.dtype == np.uint16 and m.weights.adapter.w_out.dtype == np.uint16
+
+
+def test_quantized_decoders_keep_keys_and_values_in_bf16(tiny_dir, speech):
+    """int8 and q4 store the decoder's KV rings as BF16 (half the bytes a step reads at long
+    contexts); the bf16 reference keeps float32, and so do the encoder's rings."""
+    from voxnp.decoder import new_decoder_state
+    from voxnp.encoder import new_encoder_state
+
+    for fmt, want in (("bf16", np.float32), ("int8", np.uint16), ("q4", np.uint16)):
+        m = voxnp.load(tiny_dir, weights=fmt)
+        state = new_decoder_state(m.config, m.weights.decoder, 6, m.ops)
+        assert all(c.k.dtype == want and c.v.dtype == want for c in state.caches), fmt
+        assert new_encoder_state(m.config, m.ops).caches[0].k.dtype == np.float32
+        s = m.stream()
+        s.feed(speech)
+        s.finish()
+        assert s._dec.caches[0].k.dtype == want and s._dec.caches[0].length > 0, fmt
 
 
 def test_streaming_on_quantized_weights(tiny_dir, speech):

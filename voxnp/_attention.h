@@ -81,9 +81,16 @@ static void att_tile_plain(const float *q, int64_t C, int hd, const float *kT, i
 
 /* The decoder's step for one KV head (att_ring), any head size: the vector variants'
  * loops with one lane. */
-static void att_ring_head_plain(const float *q, int64_t T, int64_t group, int hd,
-                                const float *rk, const float *rv, int64_t cap, int64_t length,
-                                int64_t window, float *S, int64_t ld, float *acc)
+static inline float att_kv_at(const void *ring, int64_t i, int bf16)   /* element i, float32 or BF16 */
+{
+    if (!bf16) return ((const float *)ring)[i];
+    union { uint32_t u; float f; } wide = {(uint32_t)((const uint16_t *)ring)[i] << 16};
+    return wide.f;
+}
+
+static void att_ring_head_plain(const float *q, int64_t T, int64_t group, int hd, const void *rk,
+                                const void *rv, int bf16, int64_t cap, int64_t length, int64_t window,
+                                float *S, int64_t ld, float *acc)
 {
     for (int64_t t = 0; t < T; t++) {
         int64_t p = length - T + t, first = p - window + 1 > 0 ? p - window + 1 : 0, n = p + 1 - first;
@@ -91,9 +98,9 @@ static void att_ring_head_plain(const float *q, int64_t T, int64_t group, int hd
             const float *qr = q + (t * group + h) * hd;
             float *row = S + (t * group + h) * ld, best = -INFINITY, total = 0.0f;
             for (int64_t j = 0; j < n; j++) {
-                const float *key = rk + ((first + j) % cap) * hd;
+                int64_t key = ((first + j) % cap) * hd;
                 float s = 0.0f;
-                for (int d = 0; d < hd; d++) s += qr[d] * key[d];
+                for (int d = 0; d < hd; d++) s += qr[d] * att_kv_at(rk, key + d, bf16);
                 row[j] = s;
                 best = s > best ? s : best;
             }
@@ -104,9 +111,9 @@ static void att_ring_head_plain(const float *q, int64_t T, int64_t group, int hd
             float inv = 1.0f / total, *a = acc + (t * group + h) * hd;
             for (int d = 0; d < hd; d++) a[d] = 0.0f;
             for (int64_t j = 0; j < n; j++) {
-                const float *value = rv + ((first + j) % cap) * hd;
+                int64_t value = ((first + j) % cap) * hd;
                 float w = row[j] * inv;
-                for (int d = 0; d < hd; d++) a[d] += w * value[d];
+                for (int d = 0; d < hd; d++) a[d] += w * att_kv_at(rv, value + d, bf16);
             }
         }
     }
@@ -215,14 +222,18 @@ static int att_window(const float *q, int64_t H, int64_t T, int hd, const float 
 }
 
 /* The decoder's step: the last T (<= 8) positions, already appended to the ring, attend over
- * it in place. q [T, H, hd] (unscaled); ring_k, ring_v [Hkv, cap, hd], position p in slot
- * p % cap; query t is at p = length - T + t and sees max(0, p - window + 1) .. p. out [T, H, hd].
+ * it in place. q [T, H, hd] (unscaled); ring_k, ring_v [Hkv, cap, hd] float32 (bf16 = 0) or
+ * BF16 bits (bf16 = 1), position p in slot p % cap; query t is at p = length - T + t and sees
+ * max(0, p - window + 1) .. p. out [T, H, hd].
  * One task per KV head: each key and value is read from memory once for the T positions and
- * the query heads that share it. Every row's arithmetic is independent of T and of the other
- * rows (its own keys, softmax and sums, in a fixed order), so T rows give bit for bit what T
- * one-row calls give. Returns 0, or -1 when out of memory. */
-static int att_ring(const float *q, int64_t T, int64_t H, int hd, const float *ring_k, const float *ring_v,
-                    int64_t Hkv, int64_t cap, int64_t length, int64_t window, float *out, int threads, int kset)
+ * the query heads that share it (a BF16 ring's widened as it is loaded: the arithmetic is
+ * that of a float32 ring holding the same values). Every row's arithmetic is
+ * independent of T and of the other rows (its own keys, softmax and sums, in a fixed
+ * order), so T rows give bit for bit what T one-row calls give. Returns 0, or -1 when out
+ * of memory. */
+static int att_ring(const float *q, int64_t T, int64_t H, int hd, const void *ring_k, const void *ring_v,
+                    int bf16, int64_t Hkv, int64_t cap, int64_t length, int64_t window, float *out,
+                    int threads, int kset)
 {
     int64_t group = H / Hkv, R = T * group;
     int64_t seen = window < length ? window : length;          /* most keys a row sees */
@@ -249,13 +260,19 @@ static int att_ring(const float *q, int64_t T, int64_t H, int hd, const float *r
             for (int64_t h = 0; h < group; h++)
                 for (int d = 0; d < hd; d++)
                     qs[(t * group + h) * hd + d] = q[(t * H + g * group + h) * hd + d] * scale;
-        const float *rk = ring_k + g * cap * hd, *rv = ring_v + g * cap * hd;
-        if (!vector) att_ring_head_plain(qs, T, group, hd, rk, rv, cap, length, window, S, ld, acc);
+        int64_t at = g * cap * hd;                               /* the head's first element */
+        const float *fk = (const float *)ring_k + at, *fv = (const float *)ring_v + at;
+        const uint16_t *hk = (const uint16_t *)ring_k + at, *hv = (const uint16_t *)ring_v + at;
+        if (!vector) att_ring_head_plain(qs, T, group, hd, bf16 ? (const void *)hk : fk, bf16 ? (const void *)hv : fv,
+                                         bf16, cap, length, window, S, ld, acc);
 #ifdef VOXNP_X86
-        else if (kset >= KSET_AVX512) att_ring_head_avx512(qs, T, group, hd, rk, rv, cap, length, window, S, ld, acc);
-        else if (kset >= KSET_AVX2) att_ring_head_avx2(qs, T, group, hd, rk, rv, cap, length, window, S, ld, acc);
+        else if (kset >= KSET_AVX512 && bf16) att_ring_head_bf16_avx512(qs, T, group, hd, hk, hv, cap, length, window, S, ld, acc);
+        else if (kset >= KSET_AVX512) att_ring_head_avx512(qs, T, group, hd, fk, fv, cap, length, window, S, ld, acc);
+        else if (kset >= KSET_AVX2 && bf16) att_ring_head_bf16_avx2(qs, T, group, hd, hk, hv, cap, length, window, S, ld, acc);
+        else if (kset >= KSET_AVX2) att_ring_head_avx2(qs, T, group, hd, fk, fv, cap, length, window, S, ld, acc);
 #endif
-        else att_ring_head_sse(qs, T, group, hd, rk, rv, cap, length, window, S, ld, acc);
+        else if (bf16) att_ring_head_bf16_sse(qs, T, group, hd, hk, hv, cap, length, window, S, ld, acc);
+        else att_ring_head_sse(qs, T, group, hd, fk, fv, cap, length, window, S, ld, acc);
         for (int64_t t = 0; t < T; t++)
             for (int64_t h = 0; h < group; h++)
                 for (int d = 0; d < hd; d++)

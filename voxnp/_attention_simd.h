@@ -13,6 +13,17 @@ typedef int32_t ATT_NAME(vi) __attribute__((vector_size(ATT_W * 4), aligned(4)))
 #define VI ATT_NAME(vi)
 
 static inline __attribute__((always_inline)) VF ATT_NAME(att_load)(const float *p) { return *(const VF *)p; }
+typedef uint16_t ATT_NAME(vh) __attribute__((vector_size(ATT_W * 2), aligned(2)));
+/* ATT_W BF16 numbers widened to float32 (exact: the bits become the upper half) */
+static inline __attribute__((always_inline)) VF ATT_NAME(att_load_bf16)(const uint16_t *p)
+{
+    return (VF)(__builtin_convertvector(*(const ATT_NAME(vh) *)p, VI) << 16);
+}
+/* a vector of a KV ring's row: float32 (bf16 = 0) or BF16 bits (bf16 = 1) from element i */
+static inline __attribute__((always_inline)) VF ATT_NAME(att_load_kv)(const void *row, int64_t i, const int bf16)
+{
+    return bf16 ? ATT_NAME(att_load_bf16)((const uint16_t *)row + i) : ATT_NAME(att_load)((const float *)row + i);
+}
 static inline __attribute__((always_inline)) void ATT_NAME(att_store)(float *p, VF v) { *(VF *)p = v; }
 /* s in every lane: s - (+0) is s exactly (-0 included), so GCC folds it to a broadcast
  * from memory; (VF){0} + s is not s for s = -0 and cost an add before each broadcast */
@@ -176,26 +187,27 @@ static void ATT_NAME(att_tile)(const float *q, int64_t C, int hd, const float *k
     }
 }
 
-/* Four query rows q0..q3 [hd] against one key (hd a multiple of ATT_W): per row, two vector
- * sums (even and odd vectors) added, then the four rows' lanes reduced together by halves
- * (each row's lanes only with its own); s[0..3]. The order depends on nothing but hd. */
+/* Four query rows q0..q3 [hd] against one key (hd a multiple of ATT_W; float32 or BF16 as
+ * att_load_kv): per row, two vector sums (even and odd vectors) added, then the four rows'
+ * lanes reduced together by halves (each row's lanes only with its own); s[0..3]. The
+ * order depends on nothing but hd. */
 static inline __attribute__((always_inline)) void
-ATT_NAME(att_dot4)(const float *q0, const float *q1, const float *q2, const float *q3, const float *k,
-                   int hd, float *s)
+ATT_NAME(att_dot4)(const float *q0, const float *q1, const float *q2, const float *q3, const void *k,
+                   const int bf16, int hd, float *s)
 {
     VF a[4][2];
     const float *qr[4] = {q0, q1, q2, q3};
     for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = ATT_NAME(att_splat)(0.0f);
     int c = 0;
     for (; c + 2 * ATT_W <= hd; c += 2 * ATT_W) {
-        VF k0 = ATT_NAME(att_load)(k + c), k1 = ATT_NAME(att_load)(k + c + ATT_W);
+        VF k0 = ATT_NAME(att_load_kv)(k, c, bf16), k1 = ATT_NAME(att_load_kv)(k, c + ATT_W, bf16);
         for (int r = 0; r < 4; r++) {
             a[r][0] += ATT_NAME(att_load)(qr[r] + c) * k0;
             a[r][1] += ATT_NAME(att_load)(qr[r] + c + ATT_W) * k1;
         }
     }
     if (c < hd) {
-        VF k0 = ATT_NAME(att_load)(k + c);
+        VF k0 = ATT_NAME(att_load_kv)(k, c, bf16);
         for (int r = 0; r < 4; r++) a[r][0] += ATT_NAME(att_load)(qr[r] + c) * k0;
     }
     VF v0 = a[0][0] + a[0][1], v1 = a[1][0] + a[1][1], v2 = a[2][0] + a[2][1], v3 = a[3][0] + a[3][1];
@@ -227,17 +239,22 @@ ATT_NAME(att_dot4)(const float *q0, const float *q1, const float *q2, const floa
 }
 
 /* One KV head of the decoder's step (see att_ring in _attention.h): rows r = t * group + h
- * of q [R, hd] (scaled) attend over the keys their position sees; S [R, ld] holds row r's
+ * of q [R, hd] (scaled) attend over the keys their position sees, the ring's rows float32
+ * (bf16 = 0) or BF16 bits (bf16 = 1, widened as they are loaded); S [R, ld] holds row r's
  * scores from its own first key on, acc [R, hd] its weighted values. Each row's arithmetic
- * (dot, softmax over its own keys, values weighed in key order) is the same whatever T. */
-static void ATT_NAME(att_ring_head)(const float *q, int64_t T, int64_t group, int hd,
-                                    const float *rk, const float *rv, int64_t cap, int64_t length,
-                                    int64_t window, float *S, int64_t ld, float *acc)
+ * (dot, softmax over its own keys, values weighed in key order) is the same whatever T,
+ * and the same for a BF16 ring as for a float32 ring holding the same values. */
+static inline __attribute__((always_inline)) void
+ATT_NAME(att_ring_head_kv)(const float *q, int64_t T, int64_t group, int hd, const void *rk, const void *rv,
+                           const int bf16, int64_t cap, int64_t length, int64_t window, float *S, int64_t ld,
+                           float *acc)
 {
+    const int64_t row_bytes = (int64_t)hd * (bf16 ? 2 : 4);
+    const char *keys = (const char *)rk, *values = (const char *)rv;
     int64_t lo = length - T - window + 1 > 0 ? length - T - window + 1 : 0;
     for (int64_t i = lo, slot = lo % cap; i < length; i++, slot = slot + 1 == cap ? 0 : slot + 1) {
-        const float *key = rk + slot * hd, *ahead = rk + ((slot + ATT_AHEAD) % cap) * hd;
-        for (int l = 0; l < hd; l += 16) __builtin_prefetch(ahead + l);
+        const char *key = keys + slot * row_bytes, *ahead = keys + ((slot + ATT_AHEAD) % cap) * row_bytes;
+        for (int64_t l = 0; l < row_bytes; l += 64) __builtin_prefetch(ahead + l);
         for (int64_t t = 0; t < T; t++) {
             int64_t p = length - T + t, first = p - window + 1 > 0 ? p - window + 1 : 0;
             if (i < first || i > p) continue;
@@ -245,7 +262,7 @@ static void ATT_NAME(att_ring_head)(const float *q, int64_t T, int64_t group, in
                 const float *qr[4];
                 float s4[4];
                 for (int r = 0; r < 4; r++) qr[r] = q + (t * group + (h0 + r < group ? h0 + r : h0)) * hd;
-                ATT_NAME(att_dot4)(qr[0], qr[1], qr[2], qr[3], key, hd, s4);
+                ATT_NAME(att_dot4)(qr[0], qr[1], qr[2], qr[3], key, bf16, hd, s4);
                 for (int r = 0; r < 4 && h0 + r < group; r++) S[(t * group + h0 + r) * ld + i - first] = s4[r];
             }
         }
@@ -273,13 +290,14 @@ static void ATT_NAME(att_ring_head)(const float *q, int64_t T, int64_t group, in
                 for (int r = 0; r < 4; r++)
                     for (int cv = 0; cv < CV; cv++) a[r][cv] = ATT_NAME(att_splat)(0.0f);
                 for (int64_t j = 0, slot = first % cap; j < n; j++, slot = slot + 1 == cap ? 0 : slot + 1) {
-                    const float *value = rv + slot * hd + c0;
+                    const char *value = values + slot * row_bytes;
                     if (c0 == 0) {                               /* the first pass over the values reads memory */
-                        const float *ahead = rv + ((slot + ATT_AHEAD) % cap) * hd;
-                        for (int l = 0; l < hd; l += 16) __builtin_prefetch(ahead + l);
+                        const char *ahead = values + ((slot + ATT_AHEAD) % cap) * row_bytes;
+                        for (int64_t l = 0; l < row_bytes; l += 64) __builtin_prefetch(ahead + l);
                     }
                     VF vv[CV];
-                    for (int cv = 0; cv < CV; cv++) vv[cv] = cv < nv ? ATT_NAME(att_load)(value + cv * ATT_W) : ATT_NAME(att_splat)(0.0f);
+                    for (int cv = 0; cv < CV; cv++)
+                        vv[cv] = cv < nv ? ATT_NAME(att_load_kv)(value, c0 + cv * ATT_W, bf16) : ATT_NAME(att_splat)(0.0f);
                     for (int r = 0; r < 4; r++) {
                         VF w = ATT_NAME(att_splat)(P[r][j]);
                         for (int cv = 0; cv < CV; cv++) a[r][cv] += w * vv[cv];
@@ -291,6 +309,21 @@ static void ATT_NAME(att_ring_head)(const float *q, int64_t T, int64_t group, in
             }
         }
     }
+}
+
+/* att_ring_head_kv for a float32 ring and for a BF16 ring (the flag folded away) */
+static void ATT_NAME(att_ring_head)(const float *q, int64_t T, int64_t group, int hd, const float *rk,
+                                    const float *rv, int64_t cap, int64_t length, int64_t window, float *S,
+                                    int64_t ld, float *acc)
+{
+    ATT_NAME(att_ring_head_kv)(q, T, group, hd, rk, rv, 0, cap, length, window, S, ld, acc);
+}
+
+static void ATT_NAME(att_ring_head_bf16)(const float *q, int64_t T, int64_t group, int hd, const uint16_t *rk,
+                                         const uint16_t *rv, int64_t cap, int64_t length, int64_t window,
+                                         float *S, int64_t ld, float *acc)
+{
+    ATT_NAME(att_ring_head_kv)(q, T, group, hd, rk, rv, 1, cap, length, window, S, ld, acc);
 }
 
 #undef VF

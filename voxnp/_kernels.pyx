@@ -194,8 +194,9 @@ cdef extern from "_attention.h" nogil:
     int att_window(const float* q, int64_t H, int64_t T, int hd, const float* k, const float* v,
                    int64_t Hkv, int64_t S, const int64_t* key_pos, int64_t first_pos,
                    int64_t window, int64_t chunk, float* out, int threads, int kset)
-    int att_ring(const float* q, int64_t T, int64_t H, int hd, const float* ring_k, const float* ring_v,
-                 int64_t Hkv, int64_t cap, int64_t length, int64_t window, float* out, int threads, int kset)
+    int att_ring(const float* q, int64_t T, int64_t H, int hd, const void* ring_k, const void* ring_v,
+                 int bf16, int64_t Hkv, int64_t cap, int64_t length, int64_t window, float* out,
+                 int threads, int kset)
 
 
 def attention_window(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:, :, ::1] v,
@@ -219,22 +220,35 @@ def attention_window(const float[:, :, ::1] q, const float[:, :, ::1] k, const f
         raise MemoryError()
 
 
-def attention_ring(const float[:, :, ::1] q, const float[:, :, ::1] ring_k, const float[:, :, ::1] ring_v,
-                   int64_t length, int64_t window, float[:, :, ::1] out, int threads=1):
+def attention_ring(const float[:, :, ::1] q, ring_k, ring_v, int64_t length, int64_t window,
+                   float[:, :, ::1] out, int threads=1):
     """out [T, H, hd] = the last T positions' queries q [T, H, hd] (already appended to the
-    ring) over the ring ring_k, ring_v [Hkv, cap, hd] in place; query t is at
-    length - T + t and sees the window before it (the decoder's step, T <= 8)."""
+    ring) over the ring ring_k, ring_v [Hkv, cap, hd] in place, float32 or BF16 bits
+    (uint16); query t is at length - T + t and sees the window before it (the decoder's
+    step, T <= 8)."""
+    cdef const float[:, :, ::1] kf, vf
+    cdef const uint16_t[:, :, ::1] kh, vh
+    cdef const void *pk
+    cdef const void *pv
+    cdef int bf16 = ring_k.dtype.itemsize == 2              # BF16 bits (uint16), else float32
+    if bf16:
+        kh, vh = ring_k, ring_v
+        pk, pv = &kh[0, 0, 0], &vh[0, 0, 0]
+    else:
+        kf, vf = ring_k, ring_v
+        pk, pv = &kf[0, 0, 0], &vf[0, 0, 0]
     cdef Py_ssize_t T = q.shape[0], H = q.shape[1], hd = q.shape[2], Hkv = ring_k.shape[0], cap = ring_k.shape[1]
     cdef int rc
     cdef int64_t oldest = length - T - window + 1          # the oldest key any query sees ...
-    if (ring_v.shape[0] != Hkv or ring_v.shape[1] != cap or ring_k.shape[2] != hd or ring_v.shape[2] != hd
+    if (ring_v.dtype != ring_k.dtype or ring_v.shape[0] != Hkv or ring_v.shape[1] != cap
+            or ring_k.shape[2] != hd or ring_v.shape[2] != hd
             or Hkv == 0 or H % Hkv or window < 1 or T > 8 or length < T or oldest < length - cap  # ... in the ring
             or out.shape[0] != T or out.shape[1] != H or out.shape[2] != hd):
         raise ValueError("attention_ring: inconsistent shapes")
     if T == 0 or H == 0:
         return
     with nogil:
-        rc = att_ring(&q[0, 0, 0], T, H, hd, &ring_k[0, 0, 0], &ring_v[0, 0, 0], Hkv, cap, length, window,
+        rc = att_ring(&q[0, 0, 0], T, H, hd, pk, pv, bf16, Hkv, cap, length, window,
                       &out[0, 0, 0], threads, _kset)
     if rc:
         raise MemoryError()

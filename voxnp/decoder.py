@@ -54,7 +54,8 @@ def time_embedding(delay_tokens: int, dim: int) -> np.ndarray:
 
 
 def new_decoder_state(cfg: ModelConfig, w: DecoderWeights, delay_tokens: int, ops) -> DecoderState:
-    """Empty caches plus the per-layer ada-RMSNorm scales for this delay (computed once)."""
+    """Empty caches (BF16 rings for the int8 and q4 weights: w.kv_bf16) plus the per-layer
+    ada-RMSNorm scales for this delay (computed once)."""
     d = cfg.decoder
     xp = ops.xp
     t_cond = xp.asarray(time_embedding(delay_tokens, d.dim)[None, :])              # [1, 3072]
@@ -64,7 +65,7 @@ def new_decoder_state(cfg: ModelConfig, w: DecoderWeights, delay_tokens: int, op
     # keys are appended before attention reads them, so a pass of n rows needs n spare
     # slots beyond the window: MAX_ROWS for steps, the prompt's L - 1 for the prefill
     spare = max(MAX_ROWS, cfg.audio.n_left_pad_tokens + delay_tokens)
-    caches = [KVCache(d.sliding_window, d.n_kv_heads, d.head_dim, spare=spare, xp=xp)
+    caches = [KVCache(d.sliding_window, d.n_kv_heads, d.head_dim, spare=spare, xp=xp, bf16=w.kv_bf16)
               for _ in range(d.n_layers)]
     return DecoderState(caches=caches, ffn_scales=scales)
 

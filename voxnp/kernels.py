@@ -160,8 +160,8 @@ def attention_in_cache(q: np.ndarray, cache, window: int) -> np.ndarray:
     # many positions (the prompt): blocks scored by BLAS
     cache.check_last_visible(T)
     slots = np.arange(cache.length - T, cache.length) % cache.capacity
-    k = cache.k[:, slots].transpose(1, 0, 2)                                   # [T, Hkv, hd]
-    v = cache.v[:, slots].transpose(1, 0, 2)
+    k = cache.as_float32(cache.k[:, slots]).transpose(1, 0, 2)                 # [T, Hkv, hd]
+    v = cache.as_float32(cache.v[:, slots]).transpose(1, 0, 2)
     return _attention_block(q, k, v, cache, window, cached=cache.length - T)
 
 
@@ -182,9 +182,9 @@ def _attention_block(q, k, v, cache, window, cached=None):
     L, cap = cache.length if cached is None else cached, cache.capacity
     first_old = max(L - window + 1, L - min(L, cap), 0)
     runs = cache.slot_runs(first_old, L)
-    keys = np.ascontiguousarray(np.concatenate([cache.k[:, s0:s0 + n] for _, s0, n in runs]
+    keys = np.ascontiguousarray(np.concatenate([cache.as_float32(cache.k[:, s0:s0 + n]) for _, s0, n in runs]
                                                + [k.transpose(1, 0, 2)], axis=1))        # [Hkv, S, hd]
-    values = np.ascontiguousarray(np.concatenate([cache.v[:, s0:s0 + n] for _, s0, n in runs]
+    values = np.ascontiguousarray(np.concatenate([cache.as_float32(cache.v[:, s0:s0 + n]) for _, s0, n in runs]
                                                  + [v.transpose(1, 0, 2)], axis=1))
     key_pos = np.concatenate([np.arange(first_old, L), L + np.arange(T)]).astype(np.int64)                # [S]
     qh = np.ascontiguousarray((q * np.float32(1.0 / np.sqrt(hd))).transpose(1, 0, 2))                    # [H, T, hd]

@@ -16,6 +16,11 @@ ranges (`slot_runs`), so appends and reads are slices, never gathers. A host rin
 memory only where written (an anonymous map); a device ring starts at DEVICE_START
 slots and doubles, before it first wraps, up to its full capacity, so a short stream
 holds megabytes of GPU memory, not the 1.7 GB of a full decoder window.
+
+A host ring may store its keys and values as BF16 (`bf16=True`: the int8 and q4
+formats' decoder, as the model runs in BF16 elsewhere): half the memory, and half the
+bytes each decoder step reads at long contexts. Appends round to BF16 (nearest, ties to
+even); every read gives them back as float32 (exact), so attention computes in float32.
 """
 from __future__ import annotations
 
@@ -23,30 +28,35 @@ import mmap
 
 import numpy as np
 
+from .bf16 import bf16_bits_to_float32, float32_to_bf16_bits
+
 DEVICE_START = 256  # slots of a new device ring (it doubles as positions arrive)
 
 
-def ring_buffer(xp, shape: tuple) -> np.ndarray:
-    """float32 zeros that take memory only where written. On the host: an anonymous map
+def ring_buffer(xp, shape: tuple, dtype=np.float32) -> np.ndarray:
+    """Zeros that take memory only where written. On the host: an anonymous map
     (NumPy asks for 2 MB huge pages on big arrays, so the first positions of a ring would
     pin 2 MB per head: measured 1.1 GB per decoder state instead of a few MB)."""
     if xp is not np:
-        return xp.zeros(shape, dtype=np.float32)
-    count = int(np.prod(shape))
-    buffer = mmap.mmap(-1, max(4 * count, 1), flags=mmap.MAP_PRIVATE)           # anonymous, zeroed
-    return np.frombuffer(buffer, np.float32, count=count).reshape(shape)
+        return xp.zeros(shape, dtype=dtype)
+    count, dtype = int(np.prod(shape)), np.dtype(dtype)
+    buffer = mmap.mmap(-1, max(dtype.itemsize * count, 1), flags=mmap.MAP_PRIVATE)  # anonymous, zeroed
+    return np.frombuffer(buffer, dtype, count=count).reshape(shape)
 
 
 class KVCache:
-    def __init__(self, window: int, n_kv_heads: int, head_dim: int, spare: int = 0, xp=np):
+    def __init__(self, window: int, n_kv_heads: int, head_dim: int, spare: int = 0, xp=np,
+                 bf16: bool = False):
         self.window = window
         self.spare = spare
         self.full_capacity = window + spare
         capacity = self.full_capacity if xp is np else min(self.full_capacity, DEVICE_START + spare)
         self.capacity = capacity             # slots now (a device ring grows to full_capacity)
         self.xp = xp                         # the backend's array namespace (numpy or cupy)
-        self.k = ring_buffer(xp, (n_kv_heads, capacity, head_dim))  # [Hkv, W, hd]
-        self.v = ring_buffer(xp, (n_kv_heads, capacity, head_dim))
+        self.bf16 = bf16 and xp is np        # keys and values stored as BF16 bits (host rings)
+        dtype = np.uint16 if self.bf16 else np.float32
+        self.k = ring_buffer(xp, (n_kv_heads, capacity, head_dim), dtype)  # [Hkv, W, hd]
+        self.v = ring_buffer(xp, (n_kv_heads, capacity, head_dim), dtype)
         self.length = 0                      # positions appended so far (logical)
         self.generation = 0                  # bumped when contents change other than by append
         self.appended = 0                    # length after the last append (truncate's bound)
@@ -73,7 +83,7 @@ class KVCache:
         held = min(self.appended, self.capacity)
         for name in ("k", "v"):
             old = getattr(self, name)
-            new = ring_buffer(self.xp, (old.shape[0], capacity, old.shape[2]))
+            new = ring_buffer(self.xp, (old.shape[0], capacity, old.shape[2]), old.dtype)
             new[:, :held] = old[:, :held]
             setattr(self, name, new)
         self.capacity = capacity
@@ -93,8 +103,16 @@ class KVCache:
         first = max(0, T - self.capacity)
         for p, slot, n in self.slot_runs(start + first, start + T):
             i = p - start                                         # row of k, v
-            self.k[:, slot:slot + n, :] = k[i:i + n].transpose(1, 0, 2)
-            self.v[:, slot:slot + n, :] = v[i:i + n].transpose(1, 0, 2)
+            self.k[:, slot:slot + n, :] = self.stored(k[i:i + n].transpose(1, 0, 2))
+            self.v[:, slot:slot + n, :] = self.stored(v[i:i + n].transpose(1, 0, 2))
+
+    def stored(self, a):
+        """float32 keys or values as the ring stores them (rounded to BF16 bits, or as they are)."""
+        return float32_to_bf16_bits(a) if self.bf16 else a
+
+    def as_float32(self, a):
+        """Slots read from the ring as float32 (BF16 bits widened: exact; else `a` itself)."""
+        return bf16_bits_to_float32(a) if self.bf16 else a
 
     def check_last_visible(self, T: int) -> None:
         """The last T positions, appended at once, must not have evicted a slot one of them
@@ -114,12 +132,12 @@ class KVCache:
         return np.where(slots < self.length, latest, -1)
 
     def ordered(self):
-        """The cached positions oldest first: (k, v) [Hkv, S, hd] and positions [S]. Copies."""
+        """The cached positions oldest first: (k, v) [Hkv, S, hd] float32 and positions [S]. Copies."""
         runs = self.slot_runs(self.length - self.n_valid(), self.length)
         xp = self.xp
         k = xp.concatenate([self.k[:, s:s + n] for _, s, n in runs] or [self.k[:, :0]], axis=1)
         v = xp.concatenate([self.v[:, s:s + n] for _, s, n in runs] or [self.v[:, :0]], axis=1)
-        return k, v, np.arange(self.length - self.n_valid(), self.length)
+        return self.as_float32(k), self.as_float32(v), np.arange(self.length - self.n_valid(), self.length)
 
     def reset(self) -> None:
         self.length = self.appended = 0
@@ -147,7 +165,7 @@ class KVCache:
         self.make_room(length)
         for p, slot, n in self.slot_runs(length - k.shape[1], length):
             i = p - (length - k.shape[1])                         # column of the snapshot
-            self.k[:, slot:slot + n, :] = self.xp.asarray(k[:, i:i + n])
-            self.v[:, slot:slot + n, :] = self.xp.asarray(v[:, i:i + n])
+            self.k[:, slot:slot + n, :] = self.stored(self.xp.asarray(k[:, i:i + n]))
+            self.v[:, slot:slot + n, :] = self.stored(self.xp.asarray(v[:, i:i + n]))
         self.length = self.appended = length
         self.generation += 1

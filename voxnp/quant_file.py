@@ -269,12 +269,13 @@ def open_quantized(model_dir: Path, st: SafetensorsFile, weights: Weights, fmt: 
 
 
 def quantized_weights(weights: Weights, qfile: QuantizedFile) -> Weights:
-    """The BF16 weights with every planned matrix replaced by its quantized copy."""
+    """The BF16 weights with every planned matrix replaced by its quantized copy; the
+    decoder keeps its keys and values in BF16 (kv_cache.py)."""
     m = qfile.matrices
     layers = tuple(dataclasses.replace(layer, **{field: m[f"decoder.layers.{i}.{field}"]
                                                  for field in quant.PLANS[qfile.format] if field != "lm_head"})
                    for i, layer in enumerate(weights.decoder.layers))
-    decoder = dataclasses.replace(weights.decoder, layers=layers, lm_head=m["decoder.lm_head"])
+    decoder = dataclasses.replace(weights.decoder, layers=layers, lm_head=m["decoder.lm_head"], kv_bf16=True)
     encoder_layers = tuple(dataclasses.replace(layer, **{field: m[f"encoder.layers.{i}.{field}"]
                                                          for field in quant.ENCODER_PLAN})
                            for i, layer in enumerate(weights.encoder.layers))

@@ -176,6 +176,7 @@ class DecoderWeights:
     norm: np.ndarray            # [3072]
     lm_head: object = None      # [131072, 3072] the tied LM head: tok_embeddings itself for
                                 # BF16, a quantized copy for int8/q4 (see quant.py)
+    kv_bf16: bool = False       # the KV rings store BF16 (int8/q4, quant_file.py); float32 for BF16
 
     def __post_init__(self):
         if self.lm_head is None:
