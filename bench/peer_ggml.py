@@ -9,7 +9,8 @@ given by path: each `--gguf FORMAT=PATH` is run against `voxnp CLIP --weights FO
 in a fresh process, one after the other, the same number of threads; the table shows
 wall time (model load included for both), the audio duration ratio and the text each
 produced, and whether the two texts are the same (both decode greedily: on the same
-weights they should agree, which checks each against the other). Without --peer it runs
+weights they should agree, which checks each against the other; on a random checkpoint
+the text is one token repeated, so this catches gross disagreement only). Without --peer it runs
 voxnp alone, so the voxnp half stays checked.
 
 The peer encodes a file in one piece and holds at most 4000 mel frames (40 s with its
@@ -86,12 +87,12 @@ def main(argv: list[str]) -> None:
         if "peer" in opts and fmt in ggufs:
             wall_p, text_p = timed([opts["peer"], "--model", ggufs[fmt], "--audio", str(clip),
                                     "--threads", threads, "--max-len", str(MAX_TOKENS), "--log-level", "error"])
-            first = text_p.strip().splitlines()[0] if text_p.strip() else ""
+            first = text_p.strip().splitlines()[0] if text_p.strip() else ""   # the text (then its token ids)
             row(f"peer_{fmt}", wall_p, "s", f"{wall_p / audio_s:.2f}x audio; {Path(ggufs[fmt]).name}; "
                 f"{first[:60]!r}")
             row(f"voxnp_vs_peer_{fmt}", wall / wall_p, "x", "below 1: voxnp faster")
-            same = " ".join(text.split()) == " ".join(text_p.split())
-            row(f"same_text_{fmt}", int(same), "", f"{len(text.split())} vs {len(text_p.split())} words "
+            same = " ".join(text.split()) == " ".join(first.split())
+            row(f"same_text_{fmt}", int(same), "", f"{len(text.strip())} vs {len(first.strip())} characters "
                 "(whitespace normalised)")
     print_table(rows)
     write_json(opts.get("out", HERE / "results" / "peer_ggml.json"), results)
