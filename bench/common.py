@@ -58,3 +58,12 @@ def write_json(path, data: dict) -> None:
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, path)
     print(f"wrote {path}")
+
+
+def options(argv: list[str], doc: str, flags: tuple[str, ...]) -> dict:
+    """`--flag VALUE` pairs of argv as keyword arguments (the leading dashes dropped);
+    --help or -h prints doc and exits."""
+    if "--help" in argv or "-h" in argv:
+        print(doc)
+        raise SystemExit(0)
+    return {flag[2:]: argv[argv.index(flag) + 1] for flag in flags if flag in argv}

@@ -21,7 +21,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench import filled_state, full_checkpoint, read_bandwidth_gbs  # noqa: E402
-from common import print_table, row_recorder, write_json  # noqa: E402
+from common import options, print_table, row_recorder, write_json  # noqa: E402
 from decoder_speed import step_bytes, time_pass  # noqa: E402
 
 
@@ -73,12 +73,4 @@ def main(model=None, formats="q4,int8", contexts="40,2000,8192", rounds=4, out=N
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if "--help" in args or "-h" in args:
-        print(__doc__)
-        sys.exit(0)
-    opts = {}
-    for flag in ("--model", "--formats", "--contexts", "--rounds", "--out"):
-        if flag in args:
-            opts[flag[2:]] = args[args.index(flag) + 1]
-    main(**opts)
+    main(**options(sys.argv[1:], __doc__, ("--model", "--formats", "--contexts", "--rounds", "--out")))

@@ -21,7 +21,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench import full_checkpoint  # noqa: E402
-from common import print_table, row_recorder, write_json  # noqa: E402
+from common import options, print_table, row_recorder, write_json  # noqa: E402
 from bench import filled_state  # noqa: E402
 from decoder_speed import CONTEXT, time_pass  # noqa: E402
 
@@ -66,9 +66,4 @@ def main(model=None, rounds=8, out=None):
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if "--help" in args or "-h" in args:
-        print(__doc__)
-        sys.exit(0)
-    opts = {flag[2:]: args[args.index(flag) + 1] for flag in ("--model", "--out", "--rounds") if flag in args}
-    main(**opts)
+    main(**options(sys.argv[1:], __doc__, ("--model", "--out", "--rounds")))

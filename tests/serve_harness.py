@@ -80,15 +80,6 @@ class Served:
                     return int(line.split()[1]) / 1024
         return 0.0
 
-    def rss_settled_mb(self, baseline: float, bound: float, timeout: float = 15.0) -> float:
-        """The resident MB once within `bound` of `baseline`, else after `timeout` s. Freed
-        memory goes back to the system when the engine next trims its heap (every
-        engine.TRIM_EVERY_S, once its worker is idle), not the moment a session ends."""
-        deadline = time.monotonic() + timeout
-        while (rss := self.rss_mb()) - baseline >= bound and time.monotonic() < deadline:
-            time.sleep(0.25)
-        return rss
-
     def health(self) -> dict:
         status, _, body = request(self, "GET", "/health", timeout=10)
         doc = json.loads(body)
@@ -97,6 +88,16 @@ class Served:
 
     def tracebacks(self) -> int:
         return self.log.read_text(errors="replace").count("Traceback")
+
+
+def rss_settled_mb(served, baseline: float, bound: float, timeout: float = 15.0) -> float:
+    """A server's resident MB (served.rss_mb()) once within `bound` of `baseline`, else after
+    `timeout` s. Freed memory goes back to the system when the engine next trims its heap
+    (every engine.TRIM_EVERY_S, once its worker is idle), not the moment a session ends."""
+    deadline = time.monotonic() + timeout
+    while (rss := served.rss_mb()) - baseline >= bound and time.monotonic() < deadline:
+        time.sleep(0.25)
+    return rss
 
 
 def request(served, method: str, path: str, body=b"", headers=None, timeout: float = 60.0):

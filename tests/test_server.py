@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_audio
-from serve_harness import b64, free_port, multipart, pcm16, request
+from serve_harness import b64, free_port, multipart, pcm16, request, rss_settled_mb
 
 for _package in ("starlette", "uvicorn", "websockets", "openai"):
     pytest.importorskip(_package)
@@ -435,7 +435,7 @@ def test_bad_input_keeps_the_server_serving_and_leaks_nothing(server, clip, offl
     rss = server.rss_mb()
     for _ in range(2):
         bad_requests(server, clip)
-    settled = server.rss_settled_mb(rss, 40)
+    settled = rss_settled_mb(server, rss, 40)
     assert settled - rss < 40, (rss, settled)
     status, _, body = post_form(server, [], [("file", "a.wav", clip[0].read_bytes())])
     assert status == 200 and body["text"] == offline.text.strip()

@@ -116,7 +116,7 @@ def test_slow_consumer_is_bounded(served, clip):
     rss = served.rss_mb()
     outcome = asyncio.run(H.slow_consumer(served, clip[1], seconds=4.0))
     assert outcome["appends"] > 0
-    settled = served.rss_settled_mb(rss, 40)
+    settled = H.rss_settled_mb(served, rss, 40)
     assert settled - rss < 40, (rss, settled)
     assert_serves(served, clip)
 
