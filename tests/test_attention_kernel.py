@@ -36,6 +36,26 @@ def test_every_kernel_set_matches_the_definition(kernel_set, n_old, T, H, Hkv, h
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("kernel_set", cpu.available())
+def test_peaked_scores_flush_only_what_float32_cannot_see(kernel_set):
+    """Scores 30x the unit scale (a softmax tail of subnormal weights, which the kernels
+    flush to zero) still match the definition, on the window and on the ring, and the
+    caller's float state is back afterwards: subnormal results are not flushed."""
+    q, k, v, cache = case(700, 120, 4, 2, 64, 750)
+    q *= 30
+    want = ops.attention(q, k, v, cache, 750)
+    with cpu.using(kernel_set):
+        got = kernels.attention(q, k, v, cache, 750)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+    cache.append(k[:1], v[:1])
+    want = ops.attention_in_cache(q[:1], cache, 750)
+    with cpu.using(kernel_set):
+        got = kernels.attention_in_cache(q[:1], cache, 750)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+    tiny = np.full(16, 1e-38, np.float32)
+    assert np.all(tiny * np.float32(0.5) > 0)                   # still subnormal, not zero
+
+
 def test_queries_far_apart_see_only_their_window():
     """A value that only the first positions see must not leak into later rows."""
     T, window = 400, 16

@@ -12,7 +12,8 @@
  * get 0) and weighs the values (register tiles of rows x the head's dims, blocks of 128
  * values in L1, each group of rows only over its windows' keys). The scores ([chunk, n]
  * floats) stay in the core's cache: nothing of size T x S is written. The exponential is
- * the Cephes single-precision polynomial of kernels.py (EXP_POLY).
+ * the Cephes single-precision polynomial of kernels.py (EXP_POLY). Each task runs with
+ * subnormal floats flushed to zero (cpu_denormals_flush, _cpu.h), both here and in att_ring.
  *
  * Variants: GCC vector extensions compiled per kernel set (_attention_simd.h: 16 lanes on
  * avx512 and up, 8 on avx2/avxvnni, 4 on portable x86-64); a head size that is not a
@@ -190,6 +191,7 @@ static int att_window(const float *q, int64_t H, int64_t T, int hd, const float 
             continue;
         }
         float *scores = kT + hd * ldk;
+        unsigned fp_state = cpu_denormals_flush();
         const float *kg = k + g * S * hd;
         for (int64_t j0 = 0; j0 < S; j0 += 16)                /* transpose in 16-key strips */
             for (int d = 0; d < hd; d++)
@@ -215,6 +217,7 @@ static int att_window(const float *q, int64_t H, int64_t T, int hd, const float 
 #endif
             else att_tile_sse(qt, C, hd, kt, ldk, vt, n, ab, ab + C, scores, o, H * hd);
         }
+        cpu_denormals_restore(fp_state);
         free(kT);
         free(ab);
     }
@@ -256,6 +259,7 @@ static int att_ring(const float *q, int64_t T, int64_t H, int hd, const void *ri
             continue;
         }
         float *acc = qs + R * hd, *S = acc + R * hd;
+        unsigned fp_state = cpu_denormals_flush();
         for (int64_t t = 0; t < T; t++)
             for (int64_t h = 0; h < group; h++)
                 for (int d = 0; d < hd; d++)
@@ -277,6 +281,7 @@ static int att_ring(const float *q, int64_t T, int64_t H, int hd, const void *ri
             for (int64_t h = 0; h < group; h++)
                 for (int d = 0; d < hd; d++)
                     out[(t * H + g * group + h) * hd + d] = acc[(t * group + h) * hd + d];
+        cpu_denormals_restore(fp_state);
         free(qs);
     }
     return failed ? -1 : 0;
