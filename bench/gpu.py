@@ -25,6 +25,7 @@ import time
 import wave
 from pathlib import Path
 
+import voxnp  # noqa: F401  (before NumPy: its thread settings must reach OpenBLAS as it loads)
 import numpy as np
 
 HERE = Path(__file__).resolve().parent

@@ -22,6 +22,7 @@ import re
 import sys
 from pathlib import Path
 
+import voxnp  # noqa: F401  (before NumPy: its thread settings must reach OpenBLAS as it loads)
 import numpy as np
 
 HERE = Path(__file__).resolve().parent

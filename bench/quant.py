@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+import voxnp  # noqa: F401  (before NumPy: its thread settings must reach OpenBLAS as it loads)
 import numpy as np
 
 HERE = Path(__file__).resolve().parent

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import voxnp  # noqa: F401  (before NumPy: its thread settings must reach OpenBLAS as it loads)
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
