@@ -103,6 +103,21 @@ ATT_NAME(att_exp_row)(float *row, int64_t j0, int64_t j1, float m, int64_t a, in
     return sum;
 }
 
+/* The largest of row[0 .. n) (whole vectors up to end; lanes from n on are not looked at). */
+static inline __attribute__((always_inline)) float ATT_NAME(att_max)(const float *row, int64_t end, int64_t n)
+{
+    VI iota;
+    for (int l = 0; l < ATT_W; l++) iota[l] = l;
+    VF neg = ATT_NAME(att_splat)(-INFINITY), best = neg;
+    for (int64_t j = 0; j < end; j += ATT_W) {
+        VF x = ATT_NAME(att_select)(iota + (int32_t)j < (int32_t)n, ATT_NAME(att_load)(row + j), neg);
+        best = ATT_NAME(att_select)(x > best, x, best);
+    }
+    float m = -INFINITY;
+    for (int l = 0; l < ATT_W; l++) m = best[l] > m ? best[l] : m;
+    return m;
+}
+
 /* Row [npad] -> softmax over [a, b), 0 elsewhere (only the vectors that hold [a, b) are read). */
 static inline __attribute__((always_inline)) void
 ATT_NAME(att_softmax)(float *row, int64_t npad, int64_t a, int64_t b)
@@ -270,9 +285,9 @@ ATT_NAME(att_ring_head_kv)(const float *q, int64_t T, int64_t group, int hd, con
     for (int64_t t = 0; t < T; t++) {
         int64_t p = length - T + t, first = p - window + 1 > 0 ? p - window + 1 : 0, n = p + 1 - first;
         for (int64_t h = 0; h < group; h++) {
-            float *row = S + (t * group + h) * ld, best = -INFINITY;
-            for (int64_t j = 0; j < n; j++) best = row[j] > best ? row[j] : best;
+            float *row = S + (t * group + h) * ld;
             int64_t end = (n + ATT_W - 1) / ATT_W * ATT_W;     /* lanes past n: 0 (S has room) */
+            float best = ATT_NAME(att_max)(row, end, n);
             float inv = 1.0f / ATT_NAME(att_exp_row)(row, 0, end, best, 0, n);
             for (int64_t j = 0; j < n; j++) row[j] *= inv;
         }
