@@ -103,14 +103,18 @@ ATT_NAME(att_exp_row)(float *row, int64_t j0, int64_t j1, float m, int64_t a, in
     return sum;
 }
 
-/* The largest of row[0 .. n) (whole vectors up to end; lanes from n on are not looked at). */
-static inline __attribute__((always_inline)) float ATT_NAME(att_max)(const float *row, int64_t end, int64_t n)
+/* The largest row[j] for a <= j < b, looking at the whole vectors of [j0, j1) (the other
+ * lanes are not compared). */
+static inline __attribute__((always_inline)) float
+ATT_NAME(att_max)(const float *row, int64_t j0, int64_t j1, int64_t a, int64_t b)
 {
     VI iota;
     for (int l = 0; l < ATT_W; l++) iota[l] = l;
     VF neg = ATT_NAME(att_splat)(-INFINITY), best = neg;
-    for (int64_t j = 0; j < end; j += ATT_W) {
-        VF x = ATT_NAME(att_select)(iota + (int32_t)j < (int32_t)n, ATT_NAME(att_load)(row + j), neg);
+    for (int64_t j = j0; j < j1; j += ATT_W) {
+        VI jv = iota + (int32_t)j;
+        VI in = (jv >= (int32_t)a) & (jv < (int32_t)b);
+        VF x = ATT_NAME(att_select)(in, ATT_NAME(att_load)(row + j), neg);
         best = ATT_NAME(att_select)(x > best, x, best);
     }
     float m = -INFINITY;
@@ -122,20 +126,11 @@ static inline __attribute__((always_inline)) float ATT_NAME(att_max)(const float
 static inline __attribute__((always_inline)) void
 ATT_NAME(att_softmax)(float *row, int64_t npad, int64_t a, int64_t b)
 {
-    VI iota;
-    for (int l = 0; l < ATT_W; l++) iota[l] = l;
     int64_t first = a / ATT_W * ATT_W, end = (b + ATT_W - 1) / ATT_W * ATT_W;
-    VF neg = ATT_NAME(att_splat)(-INFINITY), best = neg, zero = ATT_NAME(att_splat)(0.0f);
+    VF zero = ATT_NAME(att_splat)(0.0f);
     for (int64_t j = 0; j < first; j += ATT_W) ATT_NAME(att_store)(row + j, zero);
     for (int64_t j = end; j < npad; j += ATT_W) ATT_NAME(att_store)(row + j, zero);
-    for (int64_t j = first; j < end; j += ATT_W) {
-        VI jv = iota + (int32_t)j;
-        VI in = (jv >= (int32_t)a) & (jv < (int32_t)b);
-        VF x = ATT_NAME(att_select)(in, ATT_NAME(att_load)(row + j), neg);
-        best = ATT_NAME(att_select)(x > best, x, best);
-    }
-    float m = -INFINITY;
-    for (int l = 0; l < ATT_W; l++) m = best[l] > m ? best[l] : m;
+    float m = ATT_NAME(att_max)(row, first, end, a, b);
     VF inv = ATT_NAME(att_splat)(1.0f / ATT_NAME(att_exp_row)(row, first, end, m, a, b));
     for (int64_t j = first; j < end; j += ATT_W) ATT_NAME(att_store)(row + j, ATT_NAME(att_load)(row + j) * inv);
 }
@@ -287,7 +282,7 @@ ATT_NAME(att_ring_head_kv)(const float *q, int64_t T, int64_t group, int hd, con
         for (int64_t h = 0; h < group; h++) {
             float *row = S + (t * group + h) * ld;
             int64_t end = (n + ATT_W - 1) / ATT_W * ATT_W;     /* lanes past n: 0 (S has room) */
-            float best = ATT_NAME(att_max)(row, end, n);
+            float best = ATT_NAME(att_max)(row, 0, end, 0, n);
             float inv = 1.0f / ATT_NAME(att_exp_row)(row, 0, end, best, 0, n);
             for (int64_t j = 0; j < n; j++) row[j] *= inv;
         }
